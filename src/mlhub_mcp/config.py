@@ -1,0 +1,250 @@
+"""Settings shared by the servers, the hub and the command line.
+
+Values come from three layers, later ones winning: built-in defaults, the TOML
+file (``MLHUB_CONFIG``, else ``hub_config.toml`` in the working directory), and
+environment variables.
+"""
+
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from mlhub_mcp.errors import ConfigurationError
+
+CONFIG_ENV = "MLHUB_CONFIG"
+HOME_ENV = "MLHUB_HOME"
+IMPORT_DIRS_ENV = "MLHUB_IMPORT_DIRS"
+DEFAULT_CONFIG_NAME = "hub_config.toml"
+SERVER_NAMES = ("model", "data", "execution")
+TRANSPORTS = ("stdio", "http", "sse")
+
+
+@dataclass
+class ServerSettings:
+    """How the hub reaches one downstream server."""
+
+    name: str
+    prefix: str = ""
+    transport: str = "stdio"
+    command: str = ""
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    bearer_token: str = ""
+    timeout_seconds: float = 600.0
+    enabled: bool = True
+
+    def launch_command(self) -> tuple[str, list[str]]:
+        """Return the program and arguments that start this server over stdio."""
+        if self.command:
+            return self.command, list(self.args)
+
+        args = self.args or ["-m", "mlhub_mcp", "serve", self.name]
+        return sys.executable, list(args)
+
+
+@dataclass
+class Settings:
+    """Resolved settings of one process."""
+
+    home: Path
+    import_dirs: list[Path]
+    catalog_backend: str = "embedded"
+    artifact_backend: str = "local"
+    mongodb_uri: str = "mongodb://127.0.0.1:27017"
+    mongodb_database: str = "mlhub"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_bucket: str = "mlhub"
+    s3_region: str = "us-east-1"
+    s3_secure: bool = False
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_url_expiry_seconds: int = 3600
+    max_inline_bytes: int = 8 * 1024 * 1024
+    servers: dict[str, ServerSettings] = field(default_factory=dict)
+    config_path: Path | None = None
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.home / "catalog.sqlite3"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    def child_environment(self) -> dict[str, str]:
+        """Return the variables a server started by the hub needs to share this setup."""
+        env = {
+            HOME_ENV: str(self.home),
+            IMPORT_DIRS_ENV: os.pathsep.join(str(p) for p in self.import_dirs),
+        }
+        if self.config_path is not None:
+            env[CONFIG_ENV] = str(self.config_path)
+
+        passthrough = (
+            "MLHUB_CATALOG",
+            "MLHUB_ARTIFACTS",
+            "MLHUB_MONGODB_URI",
+            "MLHUB_MONGODB_DATABASE",
+            "MLHUB_S3_ENDPOINT",
+            "MLHUB_S3_BUCKET",
+            "MINIO_ROOT_USER",
+            "MINIO_ROOT_PASSWORD",
+            "MONGO_INITDB_ROOT_USERNAME",
+            "MONGO_INITDB_ROOT_PASSWORD",
+            "GROQ_API_KEY",
+            "GROQ_BASE_URL",
+            "JAVA_HOME",
+            "PYTHONPATH",
+        )
+        for name in passthrough:
+            if name in os.environ:
+                env[name] = os.environ[name]
+
+        return env
+
+
+def _find_config_file(explicit: str | Path | None) -> Path | None:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigurationError(f"configuration file {str(path)!r} does not exist")
+        return path.resolve()
+
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        path = Path(from_env).expanduser()
+        if not path.is_file():
+            raise ConfigurationError(
+                f"{CONFIG_ENV} points to {from_env!r}, which does not exist; "
+                "unset it or point it to a hub_config.toml file"
+            )
+        return path.resolve()
+
+    candidate = Path.cwd() / DEFAULT_CONFIG_NAME
+    return candidate.resolve() if candidate.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"invalid TOML in {str(path)!r}: {exc}") from exc
+
+
+def _resolve_dirs(raw: list[str], base: Path) -> list[Path]:
+    dirs = []
+    for item in raw:
+        path = Path(os.path.expandvars(item)).expanduser()
+        if not path.is_absolute():
+            path = base / path
+        dirs.append(path.resolve())
+
+    return dirs
+
+
+def _parse_servers(raw: dict[str, Any]) -> dict[str, ServerSettings]:
+    servers: dict[str, ServerSettings] = {}
+    for name in SERVER_NAMES:
+        servers[name] = ServerSettings(name=name)
+
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"[servers.{name}] must be a table")
+
+        known = set(ServerSettings.__dataclass_fields__) - {"name"}
+        unknown = set(table) - known
+        if unknown:
+            raise ConfigurationError(
+                f"unknown keys {sorted(unknown)} in [servers.{name}]; known keys: {sorted(known)}"
+            )
+
+        transport = table.get("transport", "stdio")
+        if transport not in TRANSPORTS:
+            raise ConfigurationError(
+                f"[servers.{name}] transport {transport!r} is invalid; use one of {TRANSPORTS}"
+            )
+
+        servers[name] = ServerSettings(name=name, **table)
+
+    return servers
+
+
+def load_settings(config_file: str | Path | None = None) -> Settings:
+    """Load settings from defaults, the TOML file and the environment.
+
+    Raises:
+        ConfigurationError: The file is missing, malformed or names an unknown backend.
+    """
+    path = _find_config_file(config_file)
+    data = _read_toml(path) if path else {}
+    base = path.parent if path else Path.cwd()
+
+    storage = data.get("storage", {})
+    catalog = data.get("catalog", {})
+    artifacts = data.get("artifacts", {})
+
+    home_raw = os.environ.get(HOME_ENV) or storage.get("home") or ""
+    if home_raw:
+        home = _resolve_dirs([home_raw], base)[0]
+    else:
+        home = Path(platformdirs.user_data_dir("mlhub-mcp"))
+
+    if os.environ.get(IMPORT_DIRS_ENV):
+        raw_dirs = [d for d in os.environ[IMPORT_DIRS_ENV].split(os.pathsep) if d]
+        import_dirs = _resolve_dirs(raw_dirs, Path.cwd())
+    else:
+        raw_dirs = storage.get("import_dirs", ["."])
+        import_dirs = _resolve_dirs(raw_dirs, Path.cwd())
+    import_dirs.append((home / "imports").resolve())
+
+    settings = Settings(
+        home=home,
+        import_dirs=import_dirs,
+        catalog_backend=os.environ.get("MLHUB_CATALOG", catalog.get("backend", "embedded")),
+        artifact_backend=os.environ.get("MLHUB_ARTIFACTS", artifacts.get("backend", "local")),
+        servers=_parse_servers(data.get("servers", {})),
+        config_path=path,
+        max_inline_bytes=int(storage.get("max_inline_bytes", 8 * 1024 * 1024)),
+    )
+    _apply_backend_settings(settings, catalog, artifacts)
+    return settings
+
+
+def _apply_backend_settings(
+    settings: Settings, catalog: dict[str, Any], artifacts: dict[str, Any]
+) -> None:
+    if settings.catalog_backend not in ("embedded", "mongodb"):
+        raise ConfigurationError(
+            f"catalog backend {settings.catalog_backend!r} is unknown; use 'embedded' or 'mongodb'"
+        )
+    if settings.artifact_backend not in ("local", "s3"):
+        raise ConfigurationError(
+            f"artifact backend {settings.artifact_backend!r} is unknown; use 'local' or 's3'"
+        )
+
+    settings.mongodb_uri = os.environ.get(
+        "MLHUB_MONGODB_URI", catalog.get("uri", settings.mongodb_uri)
+    )
+    settings.mongodb_database = os.environ.get(
+        "MLHUB_MONGODB_DATABASE", catalog.get("database", settings.mongodb_database)
+    )
+
+    settings.s3_endpoint = os.environ.get(
+        "MLHUB_S3_ENDPOINT", artifacts.get("endpoint", settings.s3_endpoint)
+    )
+    settings.s3_bucket = os.environ.get("MLHUB_S3_BUCKET", artifacts.get("bucket", settings.s3_bucket))
+    settings.s3_region = artifacts.get("region", settings.s3_region)
+    settings.s3_secure = bool(artifacts.get("secure", settings.s3_secure))
+    settings.s3_url_expiry_seconds = int(
+        artifacts.get("url_expiry_seconds", settings.s3_url_expiry_seconds)
+    )
+    settings.s3_access_key = os.environ.get("MINIO_ROOT_USER", artifacts.get("access_key", ""))
+    settings.s3_secret_key = os.environ.get("MINIO_ROOT_PASSWORD", artifacts.get("secret_key", ""))

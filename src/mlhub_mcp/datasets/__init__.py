@@ -1,0 +1,1 @@
+"""Data server: datasets with schema, preview and statistics."""

@@ -1,0 +1,1 @@
+"""Model server: a registry of model files and hosted LLMs."""
