@@ -1,0 +1,1 @@
+"""Execution server: deployments and runs of models over datasets."""

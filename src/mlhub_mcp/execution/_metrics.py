@@ -1,0 +1,90 @@
+"""Metrics of an execution, computed with scikit-learn, and the confusion-matrix plot."""
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def _aligned(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Labels read from a CSV may be integers while an ONNX model returns
+    # strings (or the reverse); compare them as strings then.
+    if y_true.dtype.kind != y_pred.dtype.kind and "U" in (y_true.dtype.kind, y_pred.dtype.kind):
+        return y_true.astype(str), y_pred.astype(str)
+    if y_true.dtype.kind in "OU" or y_pred.dtype.kind in "OU":
+        return y_true.astype(str), y_pred.astype(str)
+    return y_true, y_pred
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """Return accuracy, macro and weighted precision/recall/F1, and the confusion matrix."""
+    y_true, y_pred = _aligned(y_true, y_pred)
+    labels = np.unique(np.concatenate([y_true, y_pred]))
+    result: dict[str, Any] = {"accuracy": float(skm.accuracy_score(y_true, y_pred))}
+    for average in ("macro", "weighted"):
+        precision, recall, f1, _ = skm.precision_recall_fscore_support(
+            y_true, y_pred, average=average, zero_division=0
+        )
+        result[f"precision_{average}"] = float(precision)
+        result[f"recall_{average}"] = float(recall)
+        result[f"f1_{average}"] = float(f1)
+
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=labels)
+    result["confusion_matrix"] = {
+        "labels": [_plain(v) for v in labels],
+        "matrix": matrix.tolist(),
+    }
+    return result
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """Return MAE, MSE, RMSE and R²."""
+    y_true = y_true.astype(np.float64)
+    y_pred = y_pred.astype(np.float64)
+    mse = float(skm.mean_squared_error(y_true, y_pred))
+    return {
+        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+        "mse": mse,
+        "rmse": math.sqrt(mse),
+        "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else None,
+    }
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def confusion_matrix_png(confusion: dict[str, Any], title: str) -> bytes:
+    """Draw a confusion matrix as a PNG image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    labels = [str(v) for v in confusion["labels"]]
+    matrix = np.asarray(confusion["matrix"])
+    size = max(4.0, 0.45 * len(labels) + 2.0)
+    figure = Figure(figsize=(size, size), dpi=100)
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+
+    axes.set_xticks(range(len(labels)), labels=labels, rotation=45)
+    axes.set_yticks(range(len(labels)), labels=labels)
+    axes.set_xlabel("Predicted label")
+    axes.set_ylabel("True label")
+    axes.set_title(title)
+
+    if len(labels) <= 20:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for row in range(matrix.shape[0]):
+            for col in range(matrix.shape[1]):
+                color = "white" if matrix[row, col] > threshold else "black"
+                axes.text(col, row, str(matrix[row, col]), ha="center", va="center", color=color)
+
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

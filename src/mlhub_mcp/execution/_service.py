@@ -1,0 +1,542 @@
+"""Deployments and executions: validation, the run loop, status and results."""
+
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from mlhub_mcp.catalog import Page
+from mlhub_mcp.errors import (
+    Conflict,
+    ExecutionFailed,
+    InvalidInput,
+    MLHubError,
+    NotFound,
+    SchemaMismatch,
+)
+from mlhub_mcp.execution._local import BatchRunner, RunOutput, RunSpec
+from mlhub_mcp.execution._metrics import (
+    classification_metrics,
+    confusion_matrix_png,
+    regression_metrics,
+)
+from mlhub_mcp.ids import new_id, utc_now
+from mlhub_mcp.models._formats import Predictor, load_predictor
+from mlhub_mcp.paths import check_entry_name
+from mlhub_mcp.platform import Platform
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
+
+ENGINES = ("local", "spark", "groq")
+ENVIRONMENTS = ("production", "staging", "development")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+_PROGRESS_INTERVAL = 0.2
+
+
+async def _no_progress(progress: float, total: float | None, message: str | None) -> None:
+    return None
+
+
+def _is_numeric(type_name: str) -> bool:
+    return type_name.startswith(("int", "uint", "float", "double", "bool", "decimal", "halffloat"))
+
+
+class ExecutionService:
+    """Creates deployments and runs executions in this server process."""
+
+    def __init__(self, platform: Platform, task_group: anyio.abc.TaskGroup) -> None:
+        self.platform = platform
+        self.catalog = platform.catalog
+        self._task_group = task_group
+        self._predictors: dict[str, Predictor] = {}
+        self._load_lock = anyio.Lock()
+        self._scopes: dict[str, anyio.CancelScope] = {}
+
+    # Deployments
+
+    async def create_deployment(
+        self,
+        *,
+        name: str,
+        model_name: str,
+        model_version: int | None,
+        environment: str,
+        batch_size: int,
+        threads: int,
+        engine: str,
+    ) -> dict[str, Any]:
+        """Check the model, load it, and add the deployment to the catalog.
+
+        Raises:
+            NotFound: The model or version does not exist.
+            Conflict: A deployment with this name exists.
+        """
+        check_entry_name(name, "deployment")
+        if environment not in ENVIRONMENTS:
+            raise InvalidInput(f"unknown environment {environment!r}; use one of {ENVIRONMENTS}")
+        if await self.catalog.find_one("deployments", {"name": name}) is not None:
+            raise Conflict(f"deployment {name!r} already exists; choose another name or delete it")
+
+        model = await self._model(model_name, model_version)
+        engine = self._engine_for(model, engine)
+
+        doc = {
+            "id": new_id(),
+            "name": name,
+            "model_id": model["id"],
+            "model_name": model["name"],
+            "model_version": model["version"],
+            "model_kind": model.get("kind", "file"),
+            "task_type": model["task_type"],
+            "environment": environment,
+            "engine": engine,
+            "batch_size": batch_size,
+            "threads": threads,
+            "created_at": utc_now(),
+        }
+        if engine == "local":
+            self._predictors[doc["id"]] = await self._load(model, threads)
+
+        await self.catalog.insert("deployments", doc)
+        logger.info("created deployment %s of %s v%s", name, model["name"], model["version"])
+        return doc
+
+    def _engine_for(self, model: dict[str, Any], engine: str) -> str:
+        if engine not in ENGINES:
+            raise InvalidInput(f"unknown engine {engine!r}; use one of {ENGINES}")
+        if model.get("kind") == "llm":
+            return "groq"
+        if engine == "groq":
+            raise InvalidInput(
+                f"engine 'groq' runs hosted LLMs; model {model['name']!r} is a "
+                f"{model['format']} file, so use engine 'local' or 'spark'"
+            )
+        return engine
+
+    async def _model(self, name: str, version: int | None) -> dict[str, Any]:
+        if version is not None:
+            model = await self.catalog.find_one("models", {"name": name, "version": version})
+            if model is None:
+                raise NotFound("model", f"{name} version {version}", "list_model_versions shows the versions")
+            return model
+
+        versions = await self.catalog.find_all("models", {"name": name})
+        if not versions:
+            raise NotFound("model", name, "list_models shows the registered models")
+        return max(versions, key=lambda m: m["version"])
+
+    async def _load(self, model: dict[str, Any], threads: int) -> Predictor:
+        path = await self.platform.artifacts.fetch(model["artifact_key"])
+        return await anyio.to_thread.run_sync(load_predictor, path, model, threads)
+
+    async def predictor(self, deployment: dict[str, Any]) -> Predictor:
+        """Return the loaded model of a deployment, loading it after a restart."""
+        async with self._load_lock:
+            if deployment["id"] not in self._predictors:
+                model = await self.catalog.get("models", deployment["model_id"])
+                if model is None:
+                    raise NotFound("model", deployment["model_name"])
+                self._predictors[deployment["id"]] = await self._load(model, deployment["threads"])
+            return self._predictors[deployment["id"]]
+
+    async def get_deployment(self, name: str) -> dict[str, Any]:
+        doc = await self.catalog.find_one("deployments", {"name": name})
+        if doc is None:
+            raise NotFound("deployment", name, "list_deployments shows the deployments")
+        return doc
+
+    async def list_deployments(
+        self, *, environment: str | None, limit: int, cursor: str | None
+    ) -> Page:
+        filters = {"environment": environment} if environment else None
+        return await self.catalog.find("deployments", filters, limit=limit, cursor=cursor)
+
+    async def delete_deployment(self, name: str) -> dict[str, Any]:
+        doc = await self.get_deployment(name)
+        active = await self.catalog.find_one(
+            "executions", {"deployment_id": doc["id"], "status": ["queued", "running"]}
+        )
+        if active is not None:
+            raise Conflict(
+                f"deployment {name!r} has execution {active['id']} {active['status']}; "
+                "cancel it or wait for it to finish"
+            )
+
+        await self.catalog.delete("deployments", doc["id"])
+        self._predictors.pop(doc["id"], None)
+        logger.info("deleted deployment %s", name)
+        return doc
+
+    # Executions
+
+    async def prepare(
+        self,
+        *,
+        deployment_name: str,
+        dataset_name: str,
+        batch_size: int | None,
+        feature_columns: list[str] | None,
+        label_column: str | None,
+        engine: str | None,
+        llm: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Validate an execution and add it to the catalog as queued.
+
+        Raises:
+            NotFound: The deployment or dataset does not exist.
+            SchemaMismatch: The dataset lacks the columns or types the model needs.
+        """
+        deployment = await self.get_deployment(deployment_name)
+        dataset = await self.catalog.find_one("datasets", {"name": dataset_name})
+        if dataset is None:
+            raise NotFound("dataset", dataset_name, "list_datasets shows the registered datasets")
+
+        model = await self.catalog.get("models", deployment["model_id"])
+        if model is None:
+            raise NotFound("model", deployment["model_name"], "the deployment's model was deleted")
+
+        run_engine = self._engine_for(model, engine or deployment["engine"])
+        columns = {c["name"]: c["type"] for c in dataset.get("columns", [])}
+        if label_column is not None and label_column not in columns:
+            raise SchemaMismatch(
+                f"label column {label_column!r} is not in dataset {dataset_name!r}; "
+                f"its columns: {list(columns)}"
+            )
+
+        parameters: dict[str, Any] = {
+            "batch_size": batch_size or deployment["batch_size"],
+            "label_column": label_column,
+        }
+        if run_engine == "groq":
+            from mlhub_mcp.execution._groq import validate_llm_parameters
+
+            parameters["llm"] = validate_llm_parameters(llm or {}, columns)
+            parameters["feature_columns"] = []
+        else:
+            if dataset.get("kind", "table") == "table":
+                features = self._feature_columns(model, dataset, columns, feature_columns, label_column)
+            else:
+                features = []
+            parameters["feature_columns"] = features
+
+        doc = {
+            "id": new_id(),
+            "status": "queued",
+            "engine": run_engine,
+            "deployment_id": deployment["id"],
+            "deployment_name": deployment["name"],
+            "model_id": model["id"],
+            "model_name": model["name"],
+            "model_version": model["version"],
+            "task_type": model["task_type"],
+            "dataset_id": dataset["id"],
+            "dataset_name": dataset["name"],
+            "dataset_sha256": dataset["sha256"],
+            "parameters": parameters,
+            "rows_total": dataset["row_count"],
+            "rows_processed": 0,
+            "created_at": utc_now(),
+            "started_at": None,
+            "finished_at": None,
+            "duration_seconds": None,
+            "error": None,
+            "metrics": None,
+            "predictions_key": None,
+            "plot_key": None,
+            "cancel_requested": False,
+        }
+        await self.catalog.insert("executions", doc)
+        return doc
+
+    def _feature_columns(
+        self,
+        model: dict[str, Any],
+        dataset: dict[str, Any],
+        columns: dict[str, str],
+        requested: list[str] | None,
+        label_column: str | None,
+    ) -> list[str]:
+        signature = model.get("signature") or {}
+        if requested:
+            features = list(requested)
+        elif signature.get("feature_names"):
+            features = list(signature["feature_names"])
+        else:
+            features = [name for name in columns if name != label_column]
+
+        missing = [c for c in features if c not in columns]
+        if missing:
+            raise SchemaMismatch(
+                f"dataset {dataset['name']!r} lacks feature columns {missing}; "
+                f"its columns: {list(columns)}"
+            )
+        if label_column in features:
+            raise SchemaMismatch(f"label column {label_column!r} is also listed as a feature")
+
+        not_numeric = [f"{c} ({columns[c]})" for c in features if not _is_numeric(columns[c])]
+        if not_numeric:
+            raise SchemaMismatch(
+                f"feature columns must be numeric; these are not: {not_numeric}. "
+                "Pass 'feature_columns' without them"
+            )
+
+        width = signature.get("n_features")
+        if isinstance(width, int) and width != len(features):
+            raise SchemaMismatch(
+                f"model {model['name']!r} expects {width} features but {len(features)} columns "
+                f"were selected: {features[:10]}{'...' if len(features) > 10 else ''}. "
+                "Pass 'feature_columns' (and 'label_column') to choose them"
+            )
+
+        return features
+
+    async def get_execution(self, execution_id: str) -> dict[str, Any]:
+        doc = await self.catalog.get("executions", execution_id)
+        if doc is None:
+            raise NotFound("execution", execution_id, "list_executions shows the executions")
+        return doc
+
+    async def list_executions(
+        self, *, deployment: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> Page:
+        filters: dict[str, Any] = {}
+        if deployment:
+            filters["deployment_id"] = (await self.get_deployment(deployment))["id"]
+        if status:
+            filters["status"] = status
+        return await self.catalog.find(
+            "executions", filters, limit=limit, cursor=cursor, newest_first=True
+        )
+
+    def start_in_background(self, execution_id: str) -> None:
+        """Run a queued execution in this server's task group and return at once."""
+        self._task_group.start_soon(self._run_quietly, execution_id)
+
+    async def _run_quietly(self, execution_id: str) -> None:
+        try:
+            await self.run(execution_id, _no_progress)
+        except MLHubError:
+            pass
+        except Exception:
+            logger.exception("execution %s crashed", execution_id)
+
+    async def cancel(self, execution_id: str) -> dict[str, Any]:
+        """Cancel a queued or running execution."""
+        doc = await self.get_execution(execution_id)
+        if doc["status"] in TERMINAL_STATUSES:
+            return doc
+
+        if doc["status"] == "queued":
+            updated = await self.catalog.update(
+                "executions",
+                execution_id,
+                {"status": "cancelled", "finished_at": utc_now(), "error": "cancelled before start"},
+                expected={"status": "queued"},
+            )
+            if updated is not None:
+                return updated
+
+        await self.catalog.update("executions", execution_id, {"cancel_requested": True})
+        scope = self._scopes.get(execution_id)
+        if scope is not None:
+            scope.cancel()
+            with anyio.move_on_after(5):
+                while execution_id in self._scopes:
+                    await anyio.sleep(0.02)
+
+        return await self.get_execution(execution_id)
+
+    async def run(self, execution_id: str, progress: ProgressCallback) -> dict[str, Any]:
+        """Claim a queued execution, run it and record the outcome.
+
+        Raises:
+            Conflict: Another worker has claimed the execution.
+            ExecutionFailed: The run stopped on an error, which is also recorded.
+        """
+        claimed = await self.catalog.update(
+            "executions",
+            execution_id,
+            {"status": "running", "started_at": utc_now()},
+            expected={"status": "queued"},
+        )
+        if claimed is None:
+            doc = await self.get_execution(execution_id)
+            raise Conflict(f"execution {execution_id} is {doc['status']}, not queued")
+
+        started = time.perf_counter()
+        scope = anyio.CancelScope()
+        self._scopes[execution_id] = scope
+        try:
+            with scope:
+                changes = await self._run_engine(claimed, progress)
+            if scope.cancelled_caught:
+                changes = {"status": "cancelled", "error": "cancelled while running"}
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._finish(execution_id, started, {"status": "cancelled", "error": "cancelled by the caller"})
+            raise
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, MLHubError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, MLHubError):
+                logger.exception("execution %s failed", execution_id)
+            await self._finish(execution_id, started, {"status": "failed", "error": message})
+            raise ExecutionFailed(f"execution {execution_id} failed: {message}") from exc
+        finally:
+            self._scopes.pop(execution_id, None)
+
+        return await self._finish(execution_id, started, changes)
+
+    async def _finish(
+        self, execution_id: str, started: float, changes: dict[str, Any]
+    ) -> dict[str, Any]:
+        duration = time.perf_counter() - started
+        changes = {**changes, "finished_at": utc_now(), "duration_seconds": round(duration, 3)}
+        rows = changes.get("rows_processed")
+        if rows and duration > 0:
+            changes["rows_per_second"] = round(rows / duration, 1)
+
+        doc = await self.catalog.update("executions", execution_id, changes)
+        logger.info("execution %s %s in %.2f s", execution_id, changes["status"], duration)
+        return doc or await self.get_execution(execution_id)
+
+    async def _run_engine(self, doc: dict[str, Any], progress: ProgressCallback) -> dict[str, Any]:
+        dataset = await self.catalog.get("datasets", doc["dataset_id"])
+        if dataset is None or dataset["sha256"] != doc["dataset_sha256"]:
+            raise ExecutionFailed(f"dataset {doc['dataset_name']!r} was deleted or replaced")
+        dataset_path = await self.platform.artifacts.fetch(dataset["artifact_key"])
+        output_path = Path(
+            tempfile.mkstemp(dir=self.platform.scratch_dir, suffix=".parquet")[1]
+        )
+        try:
+            if doc["engine"] == "groq":
+                from mlhub_mcp.execution._groq import run_llm
+
+                model = await self.catalog.get("models", doc["model_id"])
+                rows, metrics = await run_llm(
+                    model, dataset_path, doc["parameters"], output_path, progress
+                )
+                return await self._store_results(doc, rows, metrics, output_path)
+
+            spec = RunSpec(
+                dataset_path=dataset_path,
+                feature_columns=doc["parameters"]["feature_columns"],
+                label_column=doc["parameters"]["label_column"],
+                batch_size=doc["parameters"]["batch_size"],
+                output_path=output_path,
+                total_rows=doc["rows_total"],
+            )
+            deployment = await self.catalog.get("deployments", doc["deployment_id"])
+            if deployment is None:
+                raise ExecutionFailed(f"deployment {doc['deployment_name']!r} was deleted")
+
+            if doc["engine"] == "spark":
+                from mlhub_mcp.execution._spark import run_spark
+
+                model = await self.catalog.get("models", doc["model_id"])
+                output = await run_spark(self.platform, model, dataset, spec, progress, doc["id"])
+            elif dataset.get("kind", "table") != "table":
+                from mlhub_mcp.execution._images import run_images
+
+                output = await run_images(await self.predictor(deployment), dataset_path, spec, progress)
+            else:
+                output = await self._run_local(doc, await self.predictor(deployment), spec, progress)
+
+            metrics = self._metrics(doc, output)
+            return await self._store_results(doc, output.rows, metrics, output_path)
+        finally:
+            output_path.unlink(missing_ok=True)
+
+    async def _run_local(
+        self, doc: dict[str, Any], predictor: Predictor, spec: RunSpec, progress: ProgressCallback
+    ) -> RunOutput:
+        runner = BatchRunner(predictor, spec)
+        last_report = 0.0
+        last_check = time.monotonic()
+        try:
+            while not runner.finished:
+                rows = await anyio.to_thread.run_sync(runner.step)
+                now = time.monotonic()
+                if now - last_report >= _PROGRESS_INTERVAL or runner.finished:
+                    last_report = now
+                    await progress(rows, spec.total_rows, f"{rows}/{spec.total_rows} rows")
+                if now - last_check >= 1.0:
+                    # Another process may have asked to cancel through the catalog.
+                    last_check = now
+                    current = await self.catalog.get("executions", doc["id"])
+                    if current and current.get("cancel_requested"):
+                        raise anyio.get_cancelled_exc_class()()
+                    await self.catalog.update("executions", doc["id"], {"rows_processed": rows})
+        finally:
+            await anyio.to_thread.run_sync(runner.close)
+
+        return runner.output
+
+    def _metrics(self, doc: dict[str, Any], output: RunOutput) -> dict[str, Any] | None:
+        if not doc["parameters"].get("label_column"):
+            return None
+
+        predictions, labels = output.arrays()
+        if labels is None or len(labels) == 0:
+            return None
+        if doc["task_type"] == "regression":
+            return regression_metrics(labels, predictions)
+        if doc["task_type"] == "classification":
+            return classification_metrics(labels, predictions)
+        return None
+
+    async def _store_results(
+        self, doc: dict[str, Any], rows: int, metrics: dict[str, Any] | None, output_path: Path
+    ) -> dict[str, Any]:
+        changes: dict[str, Any] = {
+            "status": "succeeded",
+            "rows_processed": rows,
+            "metrics": metrics,
+        }
+        if output_path.stat().st_size > 0:
+            stored = await self.platform.artifacts.put_file(output_path)
+            changes["predictions_key"] = stored.key
+
+        confusion = (metrics or {}).get("confusion_matrix")
+        if confusion:
+            title = f"{doc['model_name']} v{doc['model_version']} on {doc['dataset_name']}"
+            png = await anyio.to_thread.run_sync(confusion_matrix_png, confusion, title)
+            plot = await self.platform.artifacts.put_bytes(png, self.platform.scratch_dir)
+            changes["plot_key"] = plot.key
+
+        return changes
+
+    async def predictions(self, execution_id: str, rows: int, offset: int) -> list[dict[str, Any]]:
+        """Return rows of an execution's predictions."""
+        import pyarrow.parquet as pq
+
+        doc = await self.get_execution(execution_id)
+        if not doc.get("predictions_key"):
+            raise InvalidInput(f"execution {execution_id} has no predictions (status {doc['status']})")
+
+        path = await self.platform.artifacts.fetch(doc["predictions_key"])
+
+        def read() -> list[dict[str, Any]]:
+            table = pq.read_table(path).slice(offset, rows)
+            return [
+                {k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+                for r in table.to_pylist()
+            ]
+
+        return await anyio.to_thread.run_sync(read)
+
+    async def delete_execution(self, execution_id: str) -> dict[str, Any]:
+        doc = await self.get_execution(execution_id)
+        if doc["status"] not in TERMINAL_STATUSES:
+            raise Conflict(f"execution {execution_id} is {doc['status']}; cancel it first")
+        await self.catalog.delete("executions", execution_id)
+        await self.platform.release_artifact(doc.get("predictions_key"))
+        await self.platform.release_artifact(doc.get("plot_key"))
+        return doc
