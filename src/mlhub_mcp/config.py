@@ -102,6 +102,9 @@ class Settings:
             "GROQ_BASE_URL",
             "JAVA_HOME",
             "PYTHONPATH",
+            "MLHUB_LOG_LEVEL",
+            "MLHUB_SPARK_MASTER",
+            "MLHUB_SPARK_UI",
         )
         for name in passthrough:
             if name in os.environ:
@@ -240,7 +243,9 @@ def _apply_backend_settings(
     settings.s3_endpoint = os.environ.get(
         "MLHUB_S3_ENDPOINT", artifacts.get("endpoint", settings.s3_endpoint)
     )
-    settings.s3_bucket = os.environ.get("MLHUB_S3_BUCKET", artifacts.get("bucket", settings.s3_bucket))
+    settings.s3_bucket = os.environ.get(
+        "MLHUB_S3_BUCKET", artifacts.get("bucket", settings.s3_bucket)
+    )
     settings.s3_region = artifacts.get("region", settings.s3_region)
     settings.s3_secure = bool(artifacts.get("secure", settings.s3_secure))
     settings.s3_url_expiry_seconds = int(
