@@ -33,7 +33,8 @@ class LocalArtifactStore(ArtifactStore):
         try:
             self._tmp.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise BackendUnavailable(f"cannot create the artifact directory {str(root)!r}: {exc}")
+            message = f"cannot create the artifact directory {str(root)!r}: {exc}"
+            raise BackendUnavailable(message) from exc
 
     def _path(self, key: str) -> Path:
         digest = check_key(key).split("/", 1)[1]

@@ -106,7 +106,9 @@ class Catalog(abc.ABC):
         page = await self.find(collection, filters, limit=1)
         return page.items[0] if page.items else None
 
-    async def find_all(self, collection: str, filters: Filters | None = None) -> list[dict[str, Any]]:
+    async def find_all(
+        self, collection: str, filters: Filters | None = None
+    ) -> list[dict[str, Any]]:
         """Return every entry matching ``filters``, walking all pages."""
         items: list[dict[str, Any]] = []
         cursor = None

@@ -8,12 +8,12 @@ from typing import Any
 import anyio.to_thread
 
 from mlhub_mcp.catalog import Page
-from mlhub_mcp.errors import Conflict, InvalidInput, NotFound
 from mlhub_mcp.datasets._readers import (
     detect_table_format,
     ingest_table,
     read_rows,
 )
+from mlhub_mcp.errors import Conflict, InvalidInput, NotFound
 from mlhub_mcp.ids import new_id, utc_now
 from mlhub_mcp.paths import check_entry_name
 from mlhub_mcp.platform import Platform
@@ -116,7 +116,9 @@ class DatasetRegistry:
     async def list_page(self, *, limit: int = 50, cursor: str | None = None) -> Page:
         return await self.catalog.find("datasets", None, limit=limit, cursor=cursor)
 
-    async def preview(self, name: str, rows: int, columns: list[str] | None) -> list[dict[str, Any]]:
+    async def preview(
+        self, name: str, rows: int, columns: list[str] | None
+    ) -> list[dict[str, Any]]:
         doc = await self.get(name)
         if doc.get("kind", "table") != "table":
             raise InvalidInput(f"dataset {name!r} holds images; use preview_images")

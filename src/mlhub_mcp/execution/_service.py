@@ -45,6 +45,10 @@ async def _no_progress(progress: float, total: float | None, message: str | None
     return None
 
 
+class _CancelRequested(Exception):
+    """Another process asked, through the catalog, to cancel the running execution."""
+
+
 def _is_numeric(type_name: str) -> bool:
     return type_name.startswith(("int", "uint", "float", "double", "bool", "decimal", "halffloat"))
 
@@ -58,7 +62,7 @@ class ExecutionService:
         self._task_group = task_group
         self._predictors: dict[str, Predictor] = {}
         self._load_lock = anyio.Lock()
-        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._scopes: dict[str, tuple[anyio.CancelScope, anyio.Event]] = {}
 
     # Deployments
 
@@ -125,7 +129,9 @@ class ExecutionService:
         if version is not None:
             model = await self.catalog.find_one("models", {"name": name, "version": version})
             if model is None:
-                raise NotFound("model", f"{name} version {version}", "list_model_versions shows the versions")
+                raise NotFound(
+                    "model", f"{name} version {version}", "list_model_versions shows the versions"
+                )
             return model
 
         versions = await self.catalog.find_all("models", {"name": name})
@@ -222,7 +228,9 @@ class ExecutionService:
             parameters["feature_columns"] = []
         else:
             if dataset.get("kind", "table") == "table":
-                features = self._feature_columns(model, dataset, columns, feature_columns, label_column)
+                features = self._feature_columns(
+                    model, dataset, columns, feature_columns, label_column
+                )
             else:
                 features = []
             parameters["feature_columns"] = features
@@ -338,19 +346,23 @@ class ExecutionService:
             updated = await self.catalog.update(
                 "executions",
                 execution_id,
-                {"status": "cancelled", "finished_at": utc_now(), "error": "cancelled before start"},
+                {
+                    "status": "cancelled",
+                    "finished_at": utc_now(),
+                    "error": "cancelled before start",
+                },
                 expected={"status": "queued"},
             )
             if updated is not None:
                 return updated
 
         await self.catalog.update("executions", execution_id, {"cancel_requested": True})
-        scope = self._scopes.get(execution_id)
-        if scope is not None:
+        running = self._scopes.get(execution_id)
+        if running is not None:
+            scope, finished = running
             scope.cancel()
             with anyio.move_on_after(5):
-                while execution_id in self._scopes:
-                    await anyio.sleep(0.02)
+                await finished.wait()
 
         return await self.get_execution(execution_id)
 
@@ -373,15 +385,24 @@ class ExecutionService:
 
         started = time.perf_counter()
         scope = anyio.CancelScope()
-        self._scopes[execution_id] = scope
+        finished = anyio.Event()
+        self._scopes[execution_id] = (scope, finished)
         try:
-            with scope:
-                changes = await self._run_engine(claimed, progress)
+            try:
+                with scope:
+                    changes = await self._run_engine(claimed, progress)
+            except _CancelRequested:
+                changes = {"status": "cancelled", "error": "cancelled on request"}
             if scope.cancelled_caught:
-                changes = {"status": "cancelled", "error": "cancelled while running"}
+                changes = {"status": "cancelled", "error": "cancelled on request"}
+            return await self._finish(execution_id, started, changes)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self._finish(execution_id, started, {"status": "cancelled", "error": "cancelled by the caller"})
+                await self._finish(
+                    execution_id,
+                    started,
+                    {"status": "cancelled", "error": "cancelled by the caller"},
+                )
             raise
         except Exception as exc:
             message = str(exc) if isinstance(exc, MLHubError) else f"{type(exc).__name__}: {exc}"
@@ -391,8 +412,7 @@ class ExecutionService:
             raise ExecutionFailed(f"execution {execution_id} failed: {message}") from exc
         finally:
             self._scopes.pop(execution_id, None)
-
-        return await self._finish(execution_id, started, changes)
+            finished.set()
 
     async def _finish(
         self, execution_id: str, started: float, changes: dict[str, Any]
@@ -412,9 +432,7 @@ class ExecutionService:
         if dataset is None or dataset["sha256"] != doc["dataset_sha256"]:
             raise ExecutionFailed(f"dataset {doc['dataset_name']!r} was deleted or replaced")
         dataset_path = await self.platform.artifacts.fetch(dataset["artifact_key"])
-        output_path = Path(
-            tempfile.mkstemp(dir=self.platform.scratch_dir, suffix=".parquet")[1]
-        )
+        output_path = Path(tempfile.mkstemp(dir=self.platform.scratch_dir, suffix=".parquet")[1])
         try:
             if doc["engine"] == "groq":
                 from mlhub_mcp.execution._groq import run_llm
@@ -445,9 +463,13 @@ class ExecutionService:
             elif dataset.get("kind", "table") != "table":
                 from mlhub_mcp.execution._images import run_images
 
-                output = await run_images(await self.predictor(deployment), dataset_path, spec, progress)
+                output = await run_images(
+                    await self.predictor(deployment), dataset_path, spec, progress
+                )
             else:
-                output = await self._run_local(doc, await self.predictor(deployment), spec, progress)
+                output = await self._run_local(
+                    doc, await self.predictor(deployment), spec, progress
+                )
 
             metrics = self._metrics(doc, output)
             return await self._store_results(doc, output.rows, metrics, output_path)
@@ -472,7 +494,7 @@ class ExecutionService:
                     last_check = now
                     current = await self.catalog.get("executions", doc["id"])
                     if current and current.get("cancel_requested"):
-                        raise anyio.get_cancelled_exc_class()()
+                        raise _CancelRequested
                     await self.catalog.update("executions", doc["id"], {"rows_processed": rows})
         finally:
             await anyio.to_thread.run_sync(runner.close)
@@ -519,7 +541,9 @@ class ExecutionService:
 
         doc = await self.get_execution(execution_id)
         if not doc.get("predictions_key"):
-            raise InvalidInput(f"execution {execution_id} has no predictions (status {doc['status']})")
+            raise InvalidInput(
+                f"execution {execution_id} has no predictions (status {doc['status']})"
+            )
 
         path = await self.platform.artifacts.fetch(doc["predictions_key"])
 

@@ -372,9 +372,7 @@ def create_execution_server(settings: Settings | None = None) -> MCPServer:
     server.tool(title="Get predictions", annotations=READ_ONLY)(get_predictions)
     server.tool(title="Delete execution", annotations=DESTRUCTIVE)(delete_execution)
 
-    server.resource("executions://{execution_id}", mime_type="application/json")(
-        execution_resource
-    )
+    server.resource("executions://{execution_id}", mime_type="application/json")(execution_resource)
     server.resource("executions://{execution_id}/confusion-matrix", mime_type="image/png")(
         confusion_matrix_resource
     )

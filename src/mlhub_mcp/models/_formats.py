@@ -187,9 +187,7 @@ class OnnxPredictor:
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(threads, 0)
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 2:

@@ -102,7 +102,9 @@ class ModelRegistry:
         if provider != "groq":
             raise InvalidInput(f"unknown LLM provider {provider!r}; the supported one is 'groq'")
         if not provider_model or len(provider_model) > 200:
-            raise InvalidInput("'provider_model' must name the hosted model, e.g. 'llama-3.3-70b-versatile'")
+            raise InvalidInput(
+                "'provider_model' must name the hosted model, e.g. 'llama-3.3-70b-versatile'"
+            )
 
         doc = {
             "id": new_id(),
@@ -136,8 +138,12 @@ class ModelRegistry:
         if version is not None:
             doc = await self.catalog.find_one("models", {"name": name, "version": version})
             if doc is None:
-                known = [m["version"] for m in await self.catalog.find_all("models", {"name": name})]
-                hint = f"known versions: {sorted(known)}" if known else "list_models shows the names"
+                known = [
+                    m["version"] for m in await self.catalog.find_all("models", {"name": name})
+                ]
+                hint = (
+                    f"known versions: {sorted(known)}" if known else "list_models shows the names"
+                )
                 raise NotFound("model", f"{name} version {version}", hint)
             return doc
 
@@ -175,7 +181,9 @@ class ModelRegistry:
             NotFound: No such model or version.
             Conflict: A deployment still uses a version to delete.
         """
-        targets = [await self.get(name, version)] if version is not None else await self.versions(name)
+        targets = (
+            [await self.get(name, version)] if version is not None else await self.versions(name)
+        )
 
         for doc in targets:
             deployment = await self.catalog.find_one("deployments", {"model_id": doc["id"]})

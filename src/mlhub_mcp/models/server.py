@@ -70,7 +70,9 @@ def _registry(ctx: Context) -> ModelRegistry:
 
 async def register_model(
     ctx: Context,
-    name: Annotated[str, Field(description="Model name; registering an existing name adds a version")],
+    name: Annotated[
+        str, Field(description="Model name; registering an existing name adds a version")
+    ],
     path: Annotated[
         str | None,
         Field(description="Path of the model file on the server host, inside an import directory"),
@@ -204,8 +206,10 @@ def _model_card(doc: dict[str, Any]) -> str:
 
     signature = doc.get("signature") or {}
     for direction in ("inputs", "outputs"):
+        label = direction[:-1].title()
         for item in signature.get(direction, []):
-            lines.append(f"- {direction[:-1].title()} `{item['name']}`: {item['dtype']} {item.get('shape', '')}")
+            shape = item.get("shape", "")
+            lines.append(f"- {label} `{item['name']}`: {item['dtype']} {shape}")
     if "n_features" in signature:
         lines.append(f"- Features: {signature['n_features']}")
 

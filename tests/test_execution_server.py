@@ -1,0 +1,321 @@
+"""The execution server, with the model and data servers on the same data directory."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+from mcp import Client
+from sklearn import metrics as skm
+
+from mlhub_mcp.config import Settings
+from mlhub_mcp.datasets.server import create_data_server
+from mlhub_mcp.execution.server import create_execution_server
+from mlhub_mcp.models.server import create_model_server
+from tests.conftest import snapshot
+
+pytestmark = pytest.mark.anyio
+
+
+def _text(result: Any) -> str:
+    return " ".join(getattr(c, "text", "") for c in result.content)
+
+
+class Platform:
+    """In-process clients of the three servers."""
+
+    def __init__(self, model: Client, data: Client, execution: Client) -> None:
+        self.model = model
+        self.data = data
+        self.execution = execution
+
+    async def call(self, client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+        result = await client.call_tool(tool, arguments)
+        assert not result.is_error, _text(result)
+        return result.structured_content
+
+
+@pytest.fixture
+async def platform(settings: Settings, staged_digits: dict[str, Path]) -> AsyncIterator[Platform]:
+    async with (
+        Client(create_model_server(settings)) as model,
+        Client(create_data_server(settings)) as data,
+        Client(create_execution_server(settings)) as execution,
+    ):
+        hub = Platform(model, data, execution)
+        await hub.call(model, "register_model", name="digits", path="digits.onnx")
+        await hub.call(data, "register_dataset", name="digits", path="digits_test.csv")
+        await hub.call(execution, "create_deployment", name="dep", model_name="digits")
+        yield hub
+
+
+async def test_metrics_match_scikit_learn(
+    platform: Platform, digits_files: dict[str, Any], digits_split: dict[str, Any]
+) -> None:
+    result = await platform.execution.call_tool(
+        "run_execution",
+        {"deployment": "dep", "dataset": "digits", "label_column": "label", "batch_size": 32},
+    )
+
+    assert not result.is_error, _text(result)
+    execution = result.structured_content
+    expected = digits_files["model"].predict(digits_split["x_test"])
+    y_true = digits_split["y_test"]
+    metrics = execution["metrics"]
+    assert execution["status"] == "succeeded"
+    assert execution["rows_processed"] == 540
+    assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y_true, expected))
+    assert metrics["f1_macro"] == pytest.approx(skm.f1_score(y_true, expected, average="macro"))
+    assert metrics["confusion_matrix"]["matrix"] == skm.confusion_matrix(y_true, expected).tolist()
+    assert metrics["accuracy"] > 0.9
+    assert [c.type for c in result.content] == ["text", "image"]
+
+
+async def test_predictions_are_stored_as_parquet(platform: Platform, settings: Settings) -> None:
+    execution = await platform.call(
+        platform.execution,
+        "run_execution",
+        deployment="dep",
+        dataset="digits",
+        label_column="label",
+    )
+    rows = await platform.call(
+        platform.execution, "get_predictions", execution_id=execution["id"], rows=5, offset=10
+    )
+
+    path = Path(execution["predictions_url"].removeprefix("file://"))
+    table = pq.read_table(path)
+    assert table.num_rows == 540
+    assert table.column_names == ["row", "prediction", "score", "label"]
+    assert table.column("row").to_pylist() == list(range(540))
+    assert [r["row"] for r in rows["rows"]] == [10, 11, 12, 13, 14]
+
+
+async def test_execution_records_versions_and_timings(platform: Platform) -> None:
+    execution = await platform.call(
+        platform.execution,
+        "run_execution",
+        deployment="dep",
+        dataset="digits",
+        label_column="label",
+    )
+
+    assert execution["model_name"] == "digits"
+    assert execution["model_version"] == 1
+    assert execution["dataset_name"] == "digits"
+    assert execution["started_at"] is not None
+    assert execution["finished_at"] >= execution["started_at"]
+    assert execution["duration_seconds"] > 0
+
+
+async def _large_dataset(platform: Platform, imports: Path, copies: int) -> None:
+    table = pa_csv.read_csv(imports / "digits_test.csv")
+    pq.write_table(pa.concat_tables([table] * copies), imports / "large.parquet")
+    await platform.call(platform.data, "register_dataset", name="large", path="large.parquet")
+
+
+async def test_progress_notifications_reach_the_caller(platform: Platform, imports: Path) -> None:
+    await _large_dataset(platform, imports, 200)
+    updates: list[tuple[float, float | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total))
+
+    result = await platform.execution.call_tool(
+        "run_execution",
+        {"deployment": "dep", "dataset": "large", "label_column": "label", "batch_size": 16},
+        progress_callback=on_progress,
+    )
+
+    assert not result.is_error, _text(result)
+    assert len(updates) >= 2
+    assert updates[-1] == (108_000, 108_000)
+    assert [p for p, _ in updates] == sorted(p for p, _ in updates)
+
+
+async def test_background_run_can_be_polled(platform: Platform) -> None:
+    started = await platform.call(
+        platform.execution,
+        "run_execution",
+        deployment="dep",
+        dataset="digits",
+        label_column="label",
+        wait=False,
+    )
+    assert started["status"] == "queued"
+
+    with anyio.fail_after(30):
+        while True:
+            current = await platform.call(
+                platform.execution, "get_execution", execution_id=started["id"], include_plot=False
+            )
+            if current["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            await anyio.sleep(0.05)
+
+    assert current["status"] == "succeeded"
+    assert current["metrics"]["accuracy"] > 0.9
+
+
+async def test_background_run_can_be_cancelled(platform: Platform, imports: Path) -> None:
+    await _large_dataset(platform, imports, 400)
+    started = await platform.call(
+        platform.execution,
+        "run_execution",
+        deployment="dep",
+        dataset="large",
+        label_column="label",
+        batch_size=4,
+        wait=False,
+    )
+    await anyio.sleep(0.3)
+
+    cancelled = await platform.call(
+        platform.execution, "cancel_execution", execution_id=started["id"]
+    )
+
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["rows_processed"] < 216_000
+    assert cancelled["predictions_key"] is None
+
+
+async def test_cancelling_a_waiting_call_cancels_the_run(platform: Platform, imports: Path) -> None:
+    await _large_dataset(platform, imports, 400)
+    with anyio.move_on_after(0.5):
+        await platform.execution.call_tool(
+            "run_execution",
+            {"deployment": "dep", "dataset": "large", "label_column": "label", "batch_size": 4},
+        )
+
+    with anyio.fail_after(10):
+        while True:
+            page = await platform.call(platform.execution, "list_executions", deployment="dep")
+            if page["executions"][0]["status"] != "running":
+                break
+            await anyio.sleep(0.05)
+
+    assert page["executions"][0]["status"] == "cancelled"
+
+
+async def test_regression_metrics(platform: Platform, imports: Path) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 3)).astype(np.float32)
+    target = features @ np.array([1.5, -2.0, 0.5]) + rng.normal(scale=0.1, size=400)
+    model = LinearRegression().fit(features, target)
+    (imports / "lin.onnx").write_bytes(to_onnx(model, features[:1]).SerializeToString())
+    pq.write_table(
+        pa.table({"a": features[:, 0], "b": features[:, 1], "c": features[:, 2], "y": target}),
+        imports / "reg.parquet",
+    )
+    await platform.call(platform.model, "register_model", name="lin", path="lin.onnx")
+    await platform.call(platform.data, "register_dataset", name="reg", path="reg.parquet")
+    await platform.call(platform.execution, "create_deployment", name="lin-dep", model_name="lin")
+
+    execution = await platform.call(
+        platform.execution, "run_execution", deployment="lin-dep", dataset="reg", label_column="y"
+    )
+
+    expected = model.predict(features)
+    metrics = execution["metrics"]
+    assert execution["task_type"] == "regression"
+    assert metrics["mae"] == pytest.approx(skm.mean_absolute_error(target, expected), rel=1e-4)
+    assert metrics["rmse"] == pytest.approx(
+        skm.mean_squared_error(target, expected) ** 0.5, rel=1e-4
+    )
+    assert metrics["r2"] == pytest.approx(skm.r2_score(target, expected), rel=1e-4)
+
+
+# A model/dataset mismatch is reported before the run and stores nothing.
+
+
+async def _rejected_run(platform: Platform, settings: Settings, **arguments: Any) -> str:
+    before = await snapshot(settings)
+    result = await platform.execution.call_tool("run_execution", arguments)
+
+    assert result.is_error
+    assert await snapshot(settings) == before
+    return _text(result)
+
+
+async def test_missing_label_column_is_named(platform: Platform, settings: Settings) -> None:
+    message = await _rejected_run(
+        platform, settings, deployment="dep", dataset="digits", label_column="target"
+    )
+
+    assert "label column 'target' is not in dataset 'digits'" in message
+
+
+async def test_missing_feature_columns_are_named(platform: Platform, settings: Settings) -> None:
+    message = await _rejected_run(
+        platform,
+        settings,
+        deployment="dep",
+        dataset="digits",
+        feature_columns=["pixel_0", "pixel_99"],
+        label_column="label",
+    )
+
+    assert "pixel_99" in message
+    assert "lacks feature columns" in message
+
+
+async def test_wrong_width_is_reported(platform: Platform, settings: Settings) -> None:
+    message = await _rejected_run(platform, settings, deployment="dep", dataset="digits")
+
+    assert "expects 64 features but 65 columns" in message
+
+
+async def test_non_numeric_feature_is_named(
+    platform: Platform, settings: Settings, imports: Path
+) -> None:
+    table = pa_csv.read_csv(imports / "digits_test.csv")
+    table = table.set_column(3, "pixel_3", pa.array(["x"] * table.num_rows))
+    pq.write_table(table, imports / "text.parquet")
+    await platform.call(platform.data, "register_dataset", name="text", path="text.parquet")
+
+    message = await _rejected_run(
+        platform, settings, deployment="dep", dataset="text", label_column="label"
+    )
+
+    assert "pixel_3 (string)" in message
+
+
+async def test_unknown_names_are_clear_errors(platform: Platform, settings: Settings) -> None:
+    dataset = await _rejected_run(platform, settings, deployment="dep", dataset="ghost")
+    deployment = await _rejected_run(platform, settings, deployment="ghost", dataset="digits")
+    model = await platform.execution.call_tool(
+        "create_deployment", {"name": "d2", "model_name": "ghost"}
+    )
+
+    assert "dataset 'ghost' not found" in dataset
+    assert "deployment 'ghost' not found" in deployment
+    assert "model 'ghost' not found" in _text(model)
+
+
+async def test_model_in_use_cannot_be_deleted(platform: Platform) -> None:
+    result = await platform.model.call_tool("delete_model", {"name": "digits"})
+
+    assert result.is_error
+    assert "used by deployment 'dep'" in _text(result)
+
+
+async def test_deleting_execution_removes_its_files(platform: Platform, settings: Settings) -> None:
+    before = await snapshot(settings)
+    execution = await platform.call(
+        platform.execution,
+        "run_execution",
+        deployment="dep",
+        dataset="digits",
+        label_column="label",
+    )
+    await platform.call(platform.execution, "delete_execution", execution_id=execution["id"])
+
+    assert await snapshot(settings) == before
