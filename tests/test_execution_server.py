@@ -173,7 +173,14 @@ async def test_background_run_can_be_cancelled(platform: Platform, imports: Path
         batch_size=4,
         wait=False,
     )
-    await anyio.sleep(0.3)
+    with anyio.fail_after(30):
+        while True:
+            current = await platform.call(
+                platform.execution, "get_execution", execution_id=started["id"], include_plot=False
+            )
+            if current["status"] != "queued":
+                break
+            await anyio.sleep(0.02)
 
     cancelled = await platform.call(
         platform.execution, "cancel_execution", execution_id=started["id"]

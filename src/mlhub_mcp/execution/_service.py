@@ -361,7 +361,7 @@ class ExecutionService:
         if running is not None:
             scope, finished = running
             scope.cancel()
-            with anyio.move_on_after(5):
+            with anyio.move_on_after(30):
                 await finished.wait()
 
         return await self.get_execution(execution_id)
@@ -497,7 +497,9 @@ class ExecutionService:
                         raise _CancelRequested
                     await self.catalog.update("executions", doc["id"], {"rows_processed": rows})
         finally:
-            await anyio.to_thread.run_sync(runner.close)
+            # Shielded: a cancelled run must still close its Parquet writer.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(runner.close)
 
         return runner.output
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from mlhub_mcp.config import Settings
 from mlhub_mcp.errors import NotFound
+from mlhub_mcp.execution._groq_tools import register_llm_tools
 from mlhub_mcp.execution._service import ExecutionService
 from mlhub_mcp.platform import Platform
 from mlhub_mcp.server_base import PlatformServer, platform_lifespan, state_of
@@ -371,6 +372,7 @@ def create_execution_server(settings: Settings | None = None) -> MCPServer:
     server.tool(title="Cancel execution", annotations=DESTRUCTIVE)(cancel_execution)
     server.tool(title="Get predictions", annotations=READ_ONLY)(get_predictions)
     server.tool(title="Delete execution", annotations=DESTRUCTIVE)(delete_execution)
+    register_llm_tools(server)
 
     server.resource("executions://{execution_id}", mime_type="application/json")(execution_resource)
     server.resource("executions://{execution_id}/confusion-matrix", mime_type="image/png")(
