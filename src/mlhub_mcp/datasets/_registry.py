@@ -121,7 +121,7 @@ class DatasetRegistry:
     ) -> list[dict[str, Any]]:
         doc = await self.get(name)
         if doc.get("kind", "table") != "table":
-            raise InvalidInput(f"dataset {name!r} holds images; use preview_images")
+            raise InvalidInput(f"dataset {name!r} contains images; use preview_images")
         known = [c["name"] for c in doc["columns"]]
         missing = [c for c in columns or [] if c not in known]
         if missing:

@@ -320,7 +320,7 @@ async def execution_resource(execution_id: str, ctx: Context) -> str:
 
 
 async def confusion_matrix_resource(execution_id: str, ctx: Context) -> bytes:
-    """The confusion-matrix picture of a classification execution (PNG)."""
+    """Read the confusion-matrix image of a classification execution (PNG)."""
     doc = await _resource_doc(ctx, execution_id)
     if not doc.get("plot_key"):
         raise ResourceNotFoundError(f"execution {execution_id} has no confusion matrix")
@@ -329,7 +329,7 @@ async def confusion_matrix_resource(execution_id: str, ctx: Context) -> bytes:
 
 
 async def deployment_resource(name: str, ctx: Context) -> str:
-    """A deployment, as JSON."""
+    """Read a deployment as JSON."""
     try:
         return json.dumps(await _service(ctx).get_deployment(name), indent=2)
     except NotFound as exc:

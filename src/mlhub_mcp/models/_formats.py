@@ -40,7 +40,7 @@ _ONNX_DTYPES = {
 
 @dataclass
 class ModelFileInfo:
-    """What a model file says about itself."""
+    """Format, framework, task type and signature read from a model file."""
 
     format: str
     framework: str
