@@ -22,7 +22,12 @@ def _add_transport_options(parser: argparse.ArgumentParser) -> None:
         default="stdio",
         help="MCP transport (default: stdio); http is streamable HTTP at /mcp, sse at /sse",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind for http/sse")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind for http/sse (default: 127.0.0.1); any other than a loopback "
+        "address requires a token",
+    )
     parser.add_argument("--port", type=int, default=8000, help="TCP port for http/sse")
 
 
@@ -41,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run one MCP server")
     serve.add_argument("server", choices=SERVER_NAMES)
     _add_transport_options(serve)
+    serve.add_argument(
+        "--token", help="bearer token required over http/sse (or MLHUB_SERVER_TOKEN)"
+    )
 
     hub = commands.add_parser("hub", help="run the hub in front of the three servers")
     _add_transport_options(hub)
@@ -58,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(name: str, transport: str, host: str, port: int) -> None:
+def _serve(name: str, transport: str, host: str, port: int, token: str | None) -> None:
     from mlhub_mcp.server_base import run_server
 
     settings = load_settings()
@@ -75,7 +83,7 @@ def _serve(name: str, transport: str, host: str, port: int) -> None:
 
         server = create_execution_server(settings)
 
-    run_server(server, transport, host, port)
+    run_server(server, transport, host, port, token, settings)
 
 
 def _hub(args: argparse.Namespace) -> None:
@@ -117,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "serve":
-            _serve(args.server, args.transport, args.host, args.port)
+            _serve(args.server, args.transport, args.host, args.port, args.token)
         elif args.command == "hub":
             _hub(args)
         elif args.command == "demo":

@@ -38,6 +38,7 @@ class ServerSettings:
     headers: dict[str, str] = field(default_factory=dict)
     bearer_token: str = ""
     timeout_seconds: float = 600.0
+    start_timeout_seconds: float = 30.0
     enabled: bool = True
 
     def launch_command(self) -> tuple[str, list[str]]:
@@ -47,6 +48,30 @@ class ServerSettings:
 
         args = self.args or ["-m", "mlhub_mcp", "serve", self.name]
         return sys.executable, list(args)
+
+
+@dataclass
+class HttpSettings:
+    """Security limits of the hub and the servers when they serve HTTP (http or sse)."""
+
+    # Host header values accepted besides the loopback names and the bound
+    # address; "name:*" accepts any port.
+    allowed_hosts: list[str] = field(default_factory=list)
+    # Origin header values accepted besides http://localhost, http://127.0.0.1
+    # and http://[::1] on any port.
+    allowed_origins: list[str] = field(default_factory=list)
+    max_request_body_bytes: int = 4 * 1024 * 1024
+    max_upload_bytes: int = 1024 * 1024 * 1024
+    upload_retention_hours: float = 24.0
+
+
+@dataclass
+class HubSettings:
+    """How the hub starts its downstream servers."""
+
+    # Longest wait, in seconds, for every server to be ready before the hub
+    # serves clients; servers still starting join later.
+    startup_wait_seconds: float = 10.0
 
 
 @dataclass
@@ -68,6 +93,8 @@ class Settings:
     s3_url_expiry_seconds: int = 3600
     max_inline_bytes: int = 8 * 1024 * 1024
     servers: dict[str, ServerSettings] = field(default_factory=dict)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    hub: HubSettings = field(default_factory=HubSettings)
     config_path: Path | None = None
 
     @property
@@ -180,6 +207,20 @@ def _parse_servers(raw: dict[str, Any]) -> dict[str, ServerSettings]:
     return servers
 
 
+def _parse_table(kind: type[Any], table: Any, name: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"[{name}] must be a table")
+
+    known = set(kind.__dataclass_fields__)
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigurationError(
+            f"unknown keys {sorted(unknown)} in [{name}]; known keys: {sorted(known)}"
+        )
+
+    return kind(**table)
+
+
 def load_settings(config_file: str | Path | None = None) -> Settings:
     """Load settings from defaults, the TOML file and the environment.
 
@@ -216,6 +257,8 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
         servers=_parse_servers(data.get("servers", {})),
         config_path=path,
         max_inline_bytes=int(storage.get("max_inline_bytes", 8 * 1024 * 1024)),
+        http=_parse_table(HttpSettings, data.get("http", {}), "http"),
+        hub=_parse_table(HubSettings, data.get("hub", {}), "hub"),
     )
     _apply_backend_settings(settings, catalog, artifacts)
     return settings

@@ -9,9 +9,13 @@ from typing import Any
 from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import INVALID_PARAMS
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from mlhub_mcp.config import Settings, load_settings
+from mlhub_mcp.parent_watch import exit_with_parent
 from mlhub_mcp.platform import Platform, open_platform
+from mlhub_mcp.scrub import install_log_scrubbing
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +72,79 @@ def state_of(ctx: Context) -> Any:
     return ctx.request_context.lifespan_context
 
 
-def run_server(server: MCPServer, transport: str, host: str, port: int) -> None:
-    """Serve ``server`` over stdio, streamable HTTP or SSE."""
+def run_server(
+    server: MCPServer,
+    transport: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    settings: Settings | None = None,
+) -> None:
+    """Serve ``server`` over stdio, streamable HTTP (``/mcp``) or SSE (``/sse``).
+
+    Over HTTP the server gets the hub's protections: Host/Origin checks, a
+    request body limit, an optional bearer token (``token`` or
+    ``$MLHUB_SERVER_TOKEN``, required on a non-loopback address) and an
+    unauthenticated ``/health``.
+
+    Raises:
+        ConfigurationError: A non-loopback ``host`` was given without a token.
+    """
+    exit_with_parent()
+    install_log_scrubbing()
     if transport == "stdio":
         server.run("stdio")
-    elif transport == "http":
-        server.run("streamable-http", host=host, port=port)
+        return
+
+    import uvicorn
+
+    app = build_server_app(server, transport, host, token, settings or load_settings())
+    uvicorn.run(app, host=host, port=port, log_config=None, lifespan="on")
+
+
+def build_server_app(
+    server: MCPServer, transport: str, host: str, token: str | None, settings: Settings
+) -> Any:
+    """Build the guarded ASGI app that serves ``server`` over ``transport`` (http or sse).
+
+    Raises:
+        ConfigurationError: A non-loopback ``host`` was given without a token.
+        ValueError: ``transport`` is neither http nor sse.
+    """
+    from mlhub_mcp.http_security import (
+        SERVER_TOKEN_ENV,
+        HttpGuard,
+        check_bind,
+        resolve_token,
+        transport_security,
+    )
+
+    token = resolve_token(token, SERVER_TOKEN_ENV)
+    check_bind(host, token, SERVER_TOKEN_ENV)
+    security = transport_security(host, settings.http)
+    limit = settings.http.max_request_body_bytes
+    server.custom_route("/health", methods=["GET"])(_health)
+
+    if transport == "http":
+        app = server.streamable_http_app(
+            streamable_http_path="/mcp",
+            max_request_body_size=limit,
+            transport_security=security,
+            host=host,
+        )
     elif transport == "sse":
-        server.run("sse", host=host, port=port)
+        app = server.sse_app(
+            sse_path="/sse",
+            message_path="/messages/",
+            max_request_body_size=limit,
+            transport_security=security,
+            host=host,
+        )
     else:
         raise ValueError(f"unknown transport {transport!r}; use stdio, http or sse")
+
+    return HttpGuard(app, security, token)
+
+
+async def _health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
