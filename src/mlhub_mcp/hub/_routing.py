@@ -26,13 +26,24 @@ class RoutingTable:
     templates: list[tuple[re.Pattern[str], Downstream, types.ResourceTemplate]] = field(
         default_factory=list
     )
+    # Servers left out because of a name clash, with the reason.
+    conflicts: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, downstreams: list[Downstream], reserved: set[str]) -> "RoutingTable":
+    def build(
+        cls, downstreams: list[Downstream], reserved: set[str], *, strict: bool = True
+    ) -> "RoutingTable":
         """Index the ready servers' listings.
 
+        A server that exposes a public name or URI template already taken by
+        the hub or an earlier server is a conflict. With ``strict`` it raises;
+        otherwise the server is left out whole and the reason kept in
+        ``conflicts`` under its name, so one misconfigured prefix does not
+        hide the other servers of a running hub.
+
         Raises:
-            ConfigurationError: Two servers expose the same public name or URI template.
+            ConfigurationError: With ``strict``, two servers expose the same
+                public name or URI template.
         """
         table = cls()
         owners: dict[str, str] = dict.fromkeys(reserved, "hub")
@@ -42,24 +53,18 @@ class RoutingTable:
             if server.state is not ServerState.READY:
                 continue
 
-            for tool in server.tools:
-                public = f"{server.prefix}{tool.name}"
-                _claim(owners, public, server.name, "tool")
-                table.tools[public] = (server, tool)
+            server_owners = dict(owners)
+            server_template_owners = dict(template_owners)
+            try:
+                _claim_all(server, server_owners, server_template_owners)
+            except ConfigurationError as exc:
+                if strict:
+                    raise
+                table.conflicts[server.name] = str(exc)
+                continue
 
-            for prompt in server.prompts:
-                public = f"{server.prefix}{prompt.name}"
-                _claim(owners, f"prompt:{public}", server.name, "prompt")
-                table.prompts[public] = (server, prompt)
-
-            for resource in server.resources:
-                uri = str(resource.uri)
-                _claim(template_owners, uri, server.name, "resource")
-                table.resources[uri] = server
-
-            for template in server.templates:
-                _claim(template_owners, template.uri_template, server.name, "resource template")
-                table.templates.append((template_pattern(template.uri_template), server, template))
+            owners, template_owners = server_owners, server_template_owners
+            _add_routes(table, server)
 
         return table
 
@@ -70,6 +75,34 @@ class RoutingTable:
             if pattern.match(uri):
                 return server
         return None
+
+
+def _claim_all(server: Downstream, owners: dict[str, str], template_owners: dict[str, str]) -> None:
+    for tool in server.tools:
+        _claim(owners, f"{server.prefix}{tool.name}", server.name, "tool")
+
+    for prompt in server.prompts:
+        _claim(owners, f"prompt:{server.prefix}{prompt.name}", server.name, "prompt")
+
+    for resource in server.resources:
+        _claim(template_owners, str(resource.uri), server.name, "resource")
+
+    for template in server.templates:
+        _claim(template_owners, template.uri_template, server.name, "resource template")
+
+
+def _add_routes(table: RoutingTable, server: Downstream) -> None:
+    for tool in server.tools:
+        table.tools[f"{server.prefix}{tool.name}"] = (server, tool)
+
+    for prompt in server.prompts:
+        table.prompts[f"{server.prefix}{prompt.name}"] = (server, prompt)
+
+    for resource in server.resources:
+        table.resources[str(resource.uri)] = server
+
+    for template in server.templates:
+        table.templates.append((template_pattern(template.uri_template), server, template))
 
 
 def _claim(owners: dict[str, str], name: str, server: str, kind: str) -> None:
