@@ -1,0 +1,274 @@
+"""The hub over HTTP: streamable HTTP at ``/mcp`` or SSE at ``/sse``, plus uploads and health.
+
+Routes:
+
+- ``/mcp`` (streamable HTTP) or ``/sse`` with ``/messages/`` (SSE): the MCP endpoint.
+- ``PUT`` or ``POST /uploads/{file_name}``: streams the request body to a
+  file under the data directory's ``imports/uploads/`` and returns its path,
+  which register_model and register_dataset accept as ``path``.
+- ``GET /health``: the overall state and each server's state, without auth.
+
+Every route passes `HttpGuard` (Host, Origin, bearer token). The hub starts
+once in the app's lifespan; the SDK's per-connection lifespan reuses it.
+"""
+
+import hashlib
+import logging
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import (
+    StreamableHTTPASGIApp,
+    StreamableHTTPSessionManager,
+)
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from mlhub_mcp.config import Settings
+from mlhub_mcp.errors import InvalidInput
+from mlhub_mcp.http_security import (
+    HUB_TOKEN_ENV,
+    HttpGuard,
+    check_bind,
+    resolve_token,
+    transport_security,
+)
+from mlhub_mcp.hub.server import HubServer
+from mlhub_mcp.ids import new_id
+from mlhub_mcp.paths import check_file_name
+
+logger = logging.getLogger(__name__)
+
+UPLOADS_DIR = "uploads"
+_CHUNK_LOG_BYTES = 64 * 1024 * 1024
+
+
+def uploads_dir(settings: Settings) -> Path:
+    """Return the folder receiving uploads; it lies inside the always-allowed import dir."""
+    return settings.home / "imports" / UPLOADS_DIR
+
+
+def build_hub_app(
+    server: HubServer,
+    settings: Settings,
+    transport: str,
+    host: str = "127.0.0.1",
+    token: str | None = None,
+) -> HttpGuard:
+    """Build the guarded ASGI app serving ``server`` over ``transport`` (http or sse).
+
+    Raises:
+        ConfigurationError: A non-loopback ``host`` was given without a token.
+        ValueError: ``transport`` is neither http nor sse.
+    """
+    token = resolve_token(token, HUB_TOKEN_ENV)
+    check_bind(host, token, HUB_TOKEN_ENV)
+    security = transport_security(host, settings.http)
+
+    if transport == "http":
+        routes, run_transport = _streamable_http(server, settings, security)
+    elif transport == "sse":
+        routes, run_transport = _sse(server, settings, security)
+    else:
+        raise ValueError(f"unknown transport {transport!r}; use stdio, http or sse")
+
+    async def health(request: Request) -> Response:
+        if server.hub is None:
+            return JSONResponse({"status": "starting", "servers": []}, status_code=503)
+        return JSONResponse(server.hub.health())
+
+    async def upload(request: Request) -> Response:
+        return await receive_upload(request, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _remove_stale_uploads(settings)
+        async with server.running(), run_transport():
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/uploads/{file_name}", upload, methods=["PUT", "POST"]),
+            *routes,
+        ],
+        lifespan=lifespan,
+    )
+    return HttpGuard(app, security, token)
+
+
+def _streamable_http(
+    server: HubServer, settings: Settings, security: TransportSecuritySettings
+) -> tuple[list[Any], Any]:
+    manager = StreamableHTTPSessionManager(
+        app=server,
+        security_settings=security,
+        max_request_body_size=settings.http.max_request_body_bytes,
+    )
+
+    return [Route("/mcp", endpoint=StreamableHTTPASGIApp(manager))], manager.run
+
+
+def _sse(
+    server: HubServer, settings: Settings, security: TransportSecuritySettings
+) -> tuple[list[Any], Any]:
+    sse = SseServerTransport(
+        "/messages/",
+        security_settings=security,
+        max_request_body_size=settings.http.max_request_body_bytes,
+    )
+
+    async def connect(request: Request) -> Response:
+        async with sse.connect_sse(request.scope, request.receive, request._send) as streams:
+            # Server.run enters the server lifespan for each connection;
+            # HubServer.running hands it the hub this app already started.
+            await server.run(streams[0], streams[1], server.create_initialization_options())
+        return Response()
+
+    @asynccontextmanager
+    async def nothing_to_run() -> AsyncIterator[None]:
+        yield
+
+    routes = [
+        Route("/sse", connect, methods=["GET"]),
+        Mount("/messages/", app=sse.handle_post_message),
+    ]
+    return routes, nothing_to_run
+
+
+async def receive_upload(request: Request, settings: Settings) -> Response:
+    """Stream a request body to a new file under ``imports/uploads/`` and return its path.
+
+    The body is written chunk by chunk as it arrives and never held whole in
+    memory. A body over ``max_upload_bytes`` is rejected with 413 and the
+    partial file removed.
+    """
+    try:
+        file_name = check_file_name(request.path_params["file_name"])
+    except InvalidInput as exc:
+        return _error(400, "invalid_file_name", str(exc))
+
+    limit = settings.http.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return _too_large(limit)
+
+    folder = uploads_dir(settings) / new_id()
+    await anyio.Path(folder).mkdir(parents=True)
+    target = folder / file_name
+    partial = folder / f".{file_name}.part"
+
+    try:
+        size, sha256 = await _write_body(request, partial, limit)
+    except _TooLarge:
+        shutil.rmtree(folder, ignore_errors=True)
+        return _too_large(limit)
+    except ClientDisconnect:
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.warning("upload of %s cancelled: the client disconnected", file_name)
+        return Response(status_code=400)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+    await anyio.Path(partial).rename(target)
+    logger.info("received upload %s: %d bytes", target, size)
+    body = {"path": str(target), "file_name": file_name, "size_bytes": size, "sha256": sha256}
+    return JSONResponse(body, status_code=201)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _write_body(request: Request, partial: Path, limit: int) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    async with await anyio.open_file(partial, "wb") as handle:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            digest.update(chunk)
+            await handle.write(chunk)
+
+    return size, digest.hexdigest()
+
+
+def _too_large(limit: int) -> Response:
+    return _error(
+        413,
+        "upload_too_large",
+        f"the upload is larger than max_upload_bytes = {limit} in [http] of hub_config.toml",
+    )
+
+
+def _error(status: int, error: str, description: str) -> Response:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+
+
+def _remove_stale_uploads(settings: Settings) -> None:
+    folder = uploads_dir(settings)
+    if not folder.is_dir():
+        return
+
+    cutoff = time.time() - settings.http.upload_retention_hours * 3600
+    for entry in folder.iterdir():
+        try:
+            if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry)
+                logger.info("removed upload %s: older than upload_retention_hours", entry.name)
+        except OSError:
+            logger.warning("could not remove the old upload %s", entry, exc_info=True)
+
+
+async def serve_http_async(
+    server: HubServer,
+    settings: Settings,
+    transport: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    sockets: Sequence[socket.socket] | None = None,
+) -> None:
+    """Serve the hub over HTTP until cancelled; ``sockets`` replaces binding ``host:port``.
+
+    Raises:
+        ConfigurationError: A non-loopback ``host`` was given without a token.
+    """
+    import uvicorn
+
+    app = build_hub_app(server, settings, transport, host, token)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
+    await uvicorn.Server(config).serve(sockets=list(sockets) if sockets else None)
+
+
+def serve_http(
+    server: HubServer,
+    settings: Settings,
+    transport: str,
+    host: str,
+    port: int,
+    token: str | None,
+) -> None:
+    """Serve the hub over streamable HTTP or SSE until interrupted.
+
+    Raises:
+        ConfigurationError: A non-loopback ``host`` was given without a token.
+    """
+    path = "/mcp" if transport == "http" else "/sse"
+    shown = f"[{host}]" if ":" in host else host
+    logger.info("hub serving %s on http://%s:%d%s", transport, shown, port, path)
+    anyio.run(serve_http_async, server, settings, transport, host, port, token)
