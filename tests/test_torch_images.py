@@ -175,7 +175,12 @@ async def _evaluate(
         model = await _call(
             models,
             "register_model",
-            {"name": "digits-cnn", "path": model_file, "preprocessing": preprocessing},
+            {
+                "name": "digits-cnn",
+                "path": model_file,
+                "preprocessing": preprocessing,
+                "trusted": True,
+            },
         )
     async with Client(await _data_server(settings)) as data:
         dataset = await _call(
@@ -228,6 +233,20 @@ async def test_export_program_on_npz(
     assert dataset["image_info"]["classes"] == [str(i) for i in range(10)]
     assert run["status"] == "succeeded", run["error"]
     assert run["metrics"]["accuracy"] > 0.9
+
+
+async def test_untrusted_torchscript_is_not_loaded(
+    settings: Settings, staged: dict[str, Path]
+) -> None:
+    before = await snapshot(settings)
+    async with Client(create_model_server(settings)) as client:
+        result = await client.call_tool("register_model", {"name": "script", "path": "cnn.pt"})
+
+    message = _text(result)
+    assert result.is_error
+    assert "trusted=true" in message
+    assert "torch.export" in message
+    assert await snapshot(settings) == before
 
 
 async def test_state_dict_rejected_with_export_hint(
@@ -441,25 +460,26 @@ async def test_bad_preprocessing_fails_clearly(
     preprocessing: dict[str, Any],
     expected: str,
 ) -> None:
+    # Invalid settings are rejected at registration; settings that are valid
+    # but do not fit the model or the data fail when the model runs.
     async with Client(create_model_server(settings)) as models:
-        await _call(
-            models,
+        registered = await models.call_tool(
             "register_model",
             {"name": "cnn", "path": "cnn.pt2", "preprocessing": preprocessing},
         )
-    async with Client(await _data_server(settings)) as data:
-        await _call(data, "register_dataset", {"name": "npz", "path": "test.npz"})
-    async with Client(create_execution_server(settings)) as execution:
-        deployed = await execution.call_tool(
-            "create_deployment", {"name": "cnn", "model_name": "cnn"}
-        )
-        run = None
-        if not deployed.is_error:
-            run = await execution.call_tool(
-                "run_execution", {"deployment": "cnn", "dataset": "npz"}
+    deployed = run = None
+    if not registered.is_error:
+        async with Client(await _data_server(settings)) as data:
+            await _call(data, "register_dataset", {"name": "npz", "path": "test.npz"})
+        async with Client(create_execution_server(settings)) as execution:
+            deployed = await execution.call_tool(
+                "create_deployment", {"name": "cnn", "model_name": "cnn"}
             )
+            if not deployed.is_error:
+                run = await execution.call_tool(
+                    "run_execution", {"deployment": "cnn", "dataset": "npz"}
+                )
 
-    failure = deployed if deployed.is_error else run
-    assert failure is not None
+    failure = next(r for r in (registered, deployed, run) if r is not None and r.is_error)
     assert failure.is_error
     assert expected in _text(failure)

@@ -10,6 +10,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mlhub_mcp.config import Settings
+from mlhub_mcp.datasets._image_tools import register_image_tools
 from mlhub_mcp.datasets._registry import DatasetRegistry
 from mlhub_mcp.errors import NotFound
 from mlhub_mcp.server_base import PlatformServer, platform_lifespan, state_of
@@ -246,6 +247,7 @@ def create_data_server(settings: Settings | None = None) -> MCPServer:
     server.tool(title="Get dataset schema", annotations=READ_ONLY)(get_dataset_schema)
     server.tool(title="Get dataset statistics", annotations=READ_ONLY)(get_dataset_statistics)
     server.tool(title="Delete dataset", annotations=DESTRUCTIVE)(delete_dataset)
+    register_image_tools(server)
 
     server.resource("datasets://{name}", mime_type="application/json")(dataset_metadata)
     server.resource("datasets://{name}/preview", mime_type="application/json")(dataset_preview)

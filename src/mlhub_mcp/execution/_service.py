@@ -439,7 +439,11 @@ class ExecutionService:
 
                 model = await self.catalog.get("models", doc["model_id"])
                 rows, metrics = await run_llm(
-                    model, dataset_path, doc["parameters"], output_path, progress
+                    model,
+                    dataset_path,
+                    doc["parameters"],
+                    output_path,
+                    self._tracked(doc, progress),
                 )
                 return await self._store_results(doc, rows, metrics, output_path)
 
@@ -459,16 +463,20 @@ class ExecutionService:
                 from mlhub_mcp.execution._spark import run_spark
 
                 model = await self.catalog.get("models", doc["model_id"])
-                output = await run_spark(self.platform, model, dataset, spec, progress, doc["id"])
+                tracked = self._tracked(doc, progress, counts_rows=False)
+                output = await run_spark(self.platform, model, dataset, spec, tracked, doc["id"])
             elif dataset.get("kind", "table") != "table":
                 from mlhub_mcp.execution._images import run_images
 
                 output = await run_images(
-                    await self.predictor(deployment), dataset_path, spec, progress
+                    await self.predictor(deployment),
+                    dataset_path,
+                    spec,
+                    self._tracked(doc, progress),
                 )
             else:
                 output = await self._run_local(
-                    doc, await self.predictor(deployment), spec, progress
+                    await self.predictor(deployment), spec, self._tracked(doc, progress)
                 )
 
             metrics = self._metrics(doc, output)
@@ -476,12 +484,39 @@ class ExecutionService:
         finally:
             output_path.unlink(missing_ok=True)
 
+    def _tracked(
+        self, doc: dict[str, Any], progress: ProgressCallback, counts_rows: bool = True
+    ) -> ProgressCallback:
+        """Wrap ``progress`` so that it also records the row count and honours cancellation.
+
+        About once a second the wrapper stores ``rows_processed`` (when the
+        engine reports rows, not partitions) and raises if another process
+        asked to cancel the execution through the catalog.
+        """
+        last_check = time.monotonic()
+
+        async def report(done: float, total: float | None, message: str | None) -> None:
+            nonlocal last_check
+            await progress(done, total, message)
+
+            now = time.monotonic()
+            if now - last_check < 1.0:
+                return
+            last_check = now
+
+            current = await self.catalog.get("executions", doc["id"])
+            if current and current.get("cancel_requested"):
+                raise _CancelRequested
+            if counts_rows:
+                await self.catalog.update("executions", doc["id"], {"rows_processed": int(done)})
+
+        return report
+
     async def _run_local(
-        self, doc: dict[str, Any], predictor: Predictor, spec: RunSpec, progress: ProgressCallback
+        self, predictor: Predictor, spec: RunSpec, progress: ProgressCallback
     ) -> RunOutput:
         runner = BatchRunner(predictor, spec)
         last_report = 0.0
-        last_check = time.monotonic()
         try:
             while not runner.finished:
                 rows = await anyio.to_thread.run_sync(runner.step)
@@ -489,13 +524,6 @@ class ExecutionService:
                 if now - last_report >= _PROGRESS_INTERVAL or runner.finished:
                     last_report = now
                     await progress(rows, spec.total_rows, f"{rows}/{spec.total_rows} rows")
-                if now - last_check >= 1.0:
-                    # Another process may have asked to cancel through the catalog.
-                    last_check = now
-                    current = await self.catalog.get("executions", doc["id"])
-                    if current and current.get("cancel_requested"):
-                        raise _CancelRequested
-                    await self.catalog.update("executions", doc["id"], {"rows_processed": rows})
         finally:
             # Shielded: a cancelled run must still close its Parquet writer.
             with anyio.CancelScope(shield=True):

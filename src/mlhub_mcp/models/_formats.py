@@ -159,7 +159,9 @@ def inspect_sklearn(path: Path, fmt: str, trusted: bool) -> ModelFileInfo:
     return ModelFileInfo(fmt, "scikit-learn", task_type, signature)
 
 
-def inspect_model_file(path: Path, fmt: str, trusted: bool) -> ModelFileInfo:
+def inspect_model_file(
+    path: Path, fmt: str, trusted: bool, preprocessing: dict[str, Any] | None = None
+) -> ModelFileInfo:
     """Check a model file and read its signature; runs in a worker thread.
 
     Raises:
@@ -173,7 +175,7 @@ def inspect_model_file(path: Path, fmt: str, trusted: bool) -> ModelFileInfo:
     if fmt in ("torchscript", "torch_export"):
         from mlhub_mcp.models._torch import inspect_torch
 
-        return inspect_torch(path, fmt)
+        return inspect_torch(path, fmt, preprocessing, trusted)
 
     raise InvalidInput(f"unsupported model format {fmt!r}")
 

@@ -60,7 +60,9 @@ class ModelRegistry:
 
         async with self.platform.staged_input(path, content_base64, file_name) as (local, fname):
             fmt = detect_format(fname, model_format)
-            info = await anyio.to_thread.run_sync(inspect_model_file, local, fmt, trusted)
+            info = await anyio.to_thread.run_sync(
+                inspect_model_file, local, fmt, trusted, preprocessing
+            )
             stored = await self.platform.artifacts.put_file(local)
 
         doc = {

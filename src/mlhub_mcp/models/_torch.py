@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mlhub_mcp.errors import InvalidInput, InvalidModelFile, SchemaMismatch
+from mlhub_mcp.errors import InvalidInput, InvalidModelFile, SchemaMismatch, UntrustedModelFile
 from mlhub_mcp.models._formats import ModelFileInfo
 
 EXPORT_HINT = (
@@ -322,7 +322,7 @@ def _check_export_archive(torch: Any, path: Path) -> None:
             _check_weights_only(torch, archive, root + member)
 
 
-def _load(torch: Any, path: Path, device: Any) -> tuple[Any, Any, str]:
+def _load(torch: Any, path: Path, device: Any, trusted: bool) -> tuple[Any, Any, str]:
     """Load a model file; return the module, the export program (or None) and the format."""
     kind = _content_kind(path)
     if kind == "torch_save":
@@ -334,8 +334,15 @@ def _load(torch: Any, path: Path, device: Any) -> tuple[Any, Any, str]:
         )
 
     if kind == "torchscript":
-        # NOTE: the torch.jit.load documentation warns that a crafted TorchScript
-        # file can run code when loaded; unlike .pt2 archives, it is not vetted here.
+        # The torch.jit.load documentation warns that a crafted TorchScript file
+        # can run code when loaded, and its content cannot be vetted like a .pt2
+        # archive's, so it loads only when the registration trusts it.
+        if not trusted:
+            raise UntrustedModelFile(
+                "TorchScript files can run code when loaded, so this one was not opened; "
+                "export the model with torch.export (.pt2) or, if you trust the file's "
+                "origin, register it again with trusted=true"
+            )
         try:
             module = torch.jit.load(str(path), map_location=device)
         except Exception as exc:
@@ -433,7 +440,10 @@ def _signature(
 
 
 def inspect_torch(
-    path: Path, fmt: str, preprocessing: Mapping[str, Any] | None = None
+    path: Path,
+    fmt: str,
+    preprocessing: Mapping[str, Any] | None = None,
+    trusted: bool = False,
 ) -> ModelFileInfo:
     """Load a TorchScript or torch.export file on the CPU and read its signature.
 
@@ -447,7 +457,7 @@ def inspect_torch(
     """
     torch = _import_torch()
     settings = check_preprocessing(preprocessing)
-    module, program, actual = _load(torch, path, torch.device("cpu"))
+    module, program, actual = _load(torch, path, torch.device("cpu"), trusted)
 
     if program is not None:
         inputs, outputs = _export_specs(program)
@@ -521,7 +531,7 @@ class TorchPredictor:
         self.device = _default_device(torch)
         self.preprocessing = check_preprocessing(model.get("preprocessing"))
         self.task_type = model.get("task_type", "classification")
-        self.module, program, _ = _load(torch, path, self.device)
+        self.module, program, _ = _load(torch, path, self.device, bool(model.get("trusted")))
 
         self.input_dtype = torch.float32
         self.static_batch: int | None = None
