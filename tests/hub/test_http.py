@@ -1,0 +1,144 @@
+"""The hub over streamable HTTP and SSE: security, concurrency, and downstream transports."""
+
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+
+from mlhub_mcp.config import ServerSettings, Settings
+from mlhub_mcp.errors import ConfigurationError
+from mlhub_mcp.hub._http import build_hub_app
+from mlhub_mcp.hub.server import create_hub_server
+from tests.hub.conftest import (
+    TOKEN,
+    connect,
+    echo_process,
+    http_hub,
+    hub_client,
+    marks,
+    text_of,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_http_rejects_bad_token_host_and_origin(hub_settings: Settings) -> None:
+    async with http_hub(hub_settings) as (url, _), httpx2.AsyncClient() as http:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        no_token = await http.post(f"{url}/mcp", json=body)
+        wrong_token = await http.post(
+            f"{url}/mcp", json=body, headers={"Authorization": "Bearer nope"}
+        )
+        bad_host = await http.get(f"{url}/health", headers={"Host": "evil.example:80"})
+        bad_origin = await http.post(
+            f"{url}/mcp",
+            json=body,
+            headers={"Authorization": f"Bearer {TOKEN}", "Origin": "http://evil.example"},
+        )
+        upload = await http.put(f"{url}/uploads/x.csv", content=b"a\n1\n")
+
+    assert no_token.status_code == 401
+    assert no_token.headers["www-authenticate"].startswith("Bearer")
+    assert wrong_token.status_code == 401
+    assert bad_host.status_code == 421
+    assert bad_origin.status_code == 403
+    assert upload.status_code == 401
+
+
+async def test_health_reveals_states_only(hub_settings: Settings) -> None:
+    async with http_hub(hub_settings) as (url, _), httpx2.AsyncClient() as http:
+        response = await http.get(f"{url}/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "servers": [{"name": "a", "state": "ready"}]}
+    assert TOKEN not in response.text
+
+
+async def test_body_over_the_limit_is_rejected(hub_settings: Settings) -> None:
+    hub_settings.http.max_request_body_bytes = 1000
+    async with http_hub(hub_settings) as (url, _), httpx2.AsyncClient() as http:
+        response = await http.post(
+            f"{url}/mcp",
+            content=b"x" * 5000,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+
+    assert response.status_code == 413
+
+
+def test_non_loopback_bind_requires_a_token(
+    hub_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLHUB_HUB_TOKEN", raising=False)
+    server = create_hub_server(hub_settings)
+
+    with pytest.raises(ConfigurationError) as error:
+        build_hub_app(server, hub_settings, "http", "0.0.0.0", None)
+
+    assert "--token" in str(error.value)
+    assert "MLHUB_HUB_TOKEN" in str(error.value)
+    build_hub_app(server, hub_settings, "http", "0.0.0.0", "a-token-value")
+
+
+async def test_fifty_concurrent_calls_over_http(hub_settings: Settings) -> None:
+    results: dict[int, str] = {}
+
+    async with http_hub(hub_settings) as (url, _), connect(url) as client:
+
+        async def call(index: int) -> None:
+            result = await client.call_tool("a_echo", {"text": f"call {index}"})
+            assert not result.is_error, text_of(result)
+            results[index] = text_of(result)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for index in range(50):
+                    group.start_soon(call, index)
+
+    assert results == {i: f"call {i}" for i in range(50)}
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_sse_reuses_downstreams_across_connections(
+    hub_settings: Settings, echo_dir: Path, mode: str
+) -> None:
+    pids = set()
+    async with http_hub(hub_settings, transport="sse") as (url, server):
+        hubs = set()
+        for _ in range(3):
+            async with connect(url, "sse", mode=mode) as client:
+                result = await client.call_tool("a_pid", {})
+                pids.add(result.structured_content["result"])
+                hubs.add(id(server.hub))
+
+    assert len(pids) == 1
+    assert len(hubs) == 1
+    assert len(marks(echo_dir, "start")) == 1
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+async def test_downstream_over_network_transports(
+    settings: Settings, echo_dir: Path, transport: str
+) -> None:
+    path = "/mcp" if transport == "http" else "/sse"
+    token = "downstream-token-5b1e"
+    with echo_process(transport, echo_dir, MLHUB_SERVER_TOKEN=token) as url:
+        settings.servers = {
+            "remote": ServerSettings(
+                name="remote", transport=transport, url=f"{url}{path}", bearer_token=token
+            ),
+            "anonymous": ServerSettings(
+                name="anonymous", prefix="anon_", transport=transport, url=f"{url}{path}"
+            ),
+        }
+        async with hub_client(settings) as client:
+            result = await client.call_tool("echo", {"text": transport})
+            status = await client.call_tool("hub_status", {})
+
+    servers = {s["name"]: s for s in status.structured_content["servers"]}
+    assert text_of(result) == transport
+    assert servers["remote"]["state"] == "ready"
+    # The same server without the token is rejected with 401.
+    assert servers["anonymous"]["state"] == "failed"
+    assert token not in str(status.structured_content)
