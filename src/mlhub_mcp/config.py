@@ -107,37 +107,39 @@ class Settings:
 
     def child_environment(self) -> dict[str, str]:
         """Return the variables a server started by the hub needs to share this setup."""
-        env = {
-            HOME_ENV: str(self.home),
-            IMPORT_DIRS_ENV: os.pathsep.join(str(p) for p in self.import_dirs),
-        }
+        env = passthrough_environment()
+        env[HOME_ENV] = str(self.home)
+        env[IMPORT_DIRS_ENV] = os.pathsep.join(str(p) for p in self.import_dirs)
         if self.config_path is not None:
             env[CONFIG_ENV] = str(self.config_path)
-
-        passthrough = (
-            "MLHUB_CATALOG",
-            "MLHUB_ARTIFACTS",
-            "MLHUB_MONGODB_URI",
-            "MLHUB_MONGODB_DATABASE",
-            "MLHUB_S3_ENDPOINT",
-            "MLHUB_S3_BUCKET",
-            "MINIO_ROOT_USER",
-            "MINIO_ROOT_PASSWORD",
-            "MONGO_INITDB_ROOT_USERNAME",
-            "MONGO_INITDB_ROOT_PASSWORD",
-            "GROQ_API_KEY",
-            "GROQ_BASE_URL",
-            "JAVA_HOME",
-            "PYTHONPATH",
-            "MLHUB_LOG_LEVEL",
-            "MLHUB_SPARK_MASTER",
-            "MLHUB_SPARK_UI",
-        )
-        for name in passthrough:
-            if name in os.environ:
-                env[name] = os.environ[name]
-
         return env
+
+
+# Variables of other software that mlhub processes read, passed on to servers
+# the hub starts; every MLHUB_* variable is passed on as well.
+_PASSTHROUGH = (
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "MONGO_INITDB_ROOT_USERNAME",
+    "MONGO_INITDB_ROOT_PASSWORD",
+    "GROQ_API_KEY",
+    "GROQ_BASE_URL",
+    "JAVA_HOME",
+    "PYTHONPATH",
+)
+
+
+def passthrough_environment() -> dict[str, str]:
+    """Return the variables of this process that a child mlhub process must see.
+
+    The stdio transport starts a child with almost no environment, so the
+    backend choices, credentials and tuning variables are copied explicitly.
+    """
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith("MLHUB_") or name in _PASSTHROUGH
+    }
 
 
 def _find_config_file(explicit: str | Path | None) -> Path | None:

@@ -7,7 +7,6 @@ and the held-out split, deploys the model and runs it with progress, then
 prints the metrics and where the predictions are.
 """
 
-import os
 import sys
 import tempfile
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from mlhub_mcp.config import CONFIG_ENV, HOME_ENV, IMPORT_DIRS_ENV, load_settings
+from mlhub_mcp.config import HOME_ENV, IMPORT_DIRS_ENV, load_settings, passthrough_environment
 
 MODEL_NAME = "digits-classifier"
 DATASET_NAME = "digits-holdout"
@@ -76,24 +75,14 @@ async def run_flow(home: Path, model_path: Path, dataset_path: Path) -> dict[str
     """Drive the hub over stdio through the whole flow and return the execution."""
     from mcp import Client, StdioServerParameters
 
-    env = {
-        HOME_ENV: str(home),
-        IMPORT_DIRS_ENV: str(model_path.parent),
-        "MLHUB_LOG_LEVEL": "WARNING",
-    }
-    for name in (
-        CONFIG_ENV,
-        "PYTHONPATH",
-        "MLHUB_CATALOG",
-        "MLHUB_ARTIFACTS",
-        "MLHUB_MONGODB_URI",
-        "MLHUB_S3_ENDPOINT",
-        "MLHUB_S3_BUCKET",
-        "MINIO_ROOT_USER",
-        "MINIO_ROOT_PASSWORD",
-    ):
-        if name in os.environ:
-            env[name] = os.environ[name]
+    env = passthrough_environment()
+    env.update(
+        {
+            HOME_ENV: str(home),
+            IMPORT_DIRS_ENV: str(model_path.parent),
+            "MLHUB_LOG_LEVEL": "WARNING",
+        }
+    )
     hub = StdioServerParameters(command=sys.executable, args=["-m", "mlhub_mcp", "hub"], env=env)
 
     async with Client(hub, mode="legacy", read_timeout_seconds=600) as client:

@@ -133,6 +133,8 @@ class EmbeddedCatalog(Catalog):
         newest_first: bool = False,
     ) -> Page:
         check_collection(collection)
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
         where, params = _where(filters)
         if cursor:
             where += " AND id < ?" if newest_first else " AND id > ?"
@@ -187,9 +189,15 @@ class EmbeddedCatalog(Catalog):
                     return None
                 doc = json.loads(row[0])
                 doc.update(changes)
-                self._conn.execute(
-                    f"UPDATE {collection} SET doc = ? WHERE id = ?", (json.dumps(doc), entry_id)
-                )
+                try:
+                    self._conn.execute(
+                        f"UPDATE {collection} SET doc = ? WHERE id = ?",
+                        (json.dumps(doc), entry_id),
+                    )
+                except sqlite3.IntegrityError as exc:
+                    keys = UNIQUE_KEYS.get(collection, ("id",))
+                    values = ", ".join(f"{k}={doc.get(k)!r}" for k in keys)
+                    raise Conflict(f"{collection} already has an entry with {values}") from exc
                 self._conn.execute("COMMIT")
                 return doc
             except BaseException:
