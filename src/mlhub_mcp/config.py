@@ -67,10 +67,10 @@ class HttpSettings:
 
 @dataclass
 class HubSettings:
-    """How the hub starts its downstream servers."""
+    """Start-up settings of the hub."""
 
-    # Longest wait, in seconds, for every server to be ready before the hub
-    # serves clients; servers still starting join later.
+    # Maximum wait, in seconds, for every server to be ready before the hub
+    # serves clients. Servers still starting join later.
     startup_wait_seconds: float = 10.0
 
 

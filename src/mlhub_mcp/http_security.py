@@ -8,7 +8,7 @@ Every request passes `HttpGuard` before it reaches a route:
    ones (``/health``) requires ``Authorization: Bearer <token>`` (401).
 
 The MCP transports of the SDK check Host and Origin again and cap request
-bodies themselves; the guard extends the same rules to the other routes.
+bodies themselves. The guard extends the same rules to the other routes.
 """
 
 import hmac
@@ -63,7 +63,7 @@ def check_bind(host: str, token: str | None, env_name: str) -> None:
         return
 
     raise ConfigurationError(
-        f"refusing to serve on {host!r} without a bearer token: any machine that can reach "
+        f"cannot serve on {host!r} without a bearer token: any machine that can reach "
         f"this address could use the tools. Pass --token or set ${env_name}, or bind 127.0.0.1."
     )
 
@@ -71,9 +71,9 @@ def check_bind(host: str, token: str | None, env_name: str) -> None:
 def transport_security(host: str, http: HttpSettings) -> TransportSecuritySettings:
     """Build the allowed Host and Origin values for serving on ``host``.
 
-    The loopback names on any port are always allowed. A specific bound
-    address is added; on a wildcard address (0.0.0.0, ::) without
-    ``allowed_hosts`` the Host check is turned off with a warning, because
+    The loopback names on any port are always allowed, and so is a specific
+    bound address. On a wildcard address (0.0.0.0, ::) without
+    ``allowed_hosts``, the Host check is turned off with a warning because
     the names clients will use are unknown. The bearer token, required on
     such addresses, still protects the endpoints then.
     """
@@ -84,9 +84,9 @@ def transport_security(host: str, http: HttpSettings) -> TransportSecuritySettin
         *http.allowed_origins,
     ]
     if host not in _WILDCARD_HOSTS and not is_loopback(host):
-        shown = f"[{host}]" if ":" in host else host
-        hosts += [shown, f"{shown}:*"]
-        origins += [f"http://{shown}:*", f"https://{shown}:*"]
+        url_host = f"[{host}]" if ":" in host else host
+        hosts += [url_host, f"{url_host}:*"]
+        origins += [f"http://{url_host}:*", f"https://{url_host}:*"]
 
     if host in _WILDCARD_HOSTS and not http.allowed_hosts:
         logger.warning(

@@ -3,7 +3,7 @@
 The hub starts each stdio server with ``MLHUB_PARENT_PID`` set to its own
 process id. The server calls `exit_with_parent` at start:
 
-- On Linux it asks the kernel for SIGTERM when the parent dies
+- On Linux it requests SIGTERM from the kernel when the parent dies
   (``prctl(PR_SET_PDEATHSIG)``), which also covers a SIGKILL of the parent.
 - Elsewhere a daemon thread polls the parent process id once a second.
 

@@ -1,9 +1,9 @@
 """The audit trail: one catalog entry in the "audit" collection per call the hub routes.
 
-Each entry records who called (protocol version, message id, client name and
-version), what was called (server, message type, operation), the size and
-SHA-256 digest of the arguments (never the arguments themselves), how long
-the call took and how it ended. Outcomes:
+Each entry records the caller (protocol version, message id, client name and
+version) and the target (server, message type, operation). It also records
+the size and SHA-256 digest of the arguments, never the arguments themselves,
+and the duration and outcome of the call. Outcomes:
 
 - ``ok``: a result without ``is_error``.
 - ``is_error``: a tool result with ``is_error`` set.
@@ -110,6 +110,9 @@ class CallRecord:
         }
 
     def set_result(self, result: Any) -> None:
+        # An outcome set during the call (a timeout) is more precise than is_error.
+        if self.doc["outcome"] != "ok":
+            return
         if isinstance(result, types.CallToolResult) and result.is_error:
             text = " ".join(getattr(c, "text", "") for c in result.content)
             self.set_outcome("is_error", error=text)

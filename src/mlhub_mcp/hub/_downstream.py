@@ -42,7 +42,7 @@ _LIST_CHANGED = (
 
 
 class ServerState(enum.StrEnum):
-    """Where a downstream connection stands."""
+    """State of a downstream connection."""
 
     # The hub is starting the server or opening the session, for the first
     # time or after the connection closed.
@@ -151,7 +151,7 @@ class Downstream:
         # Set once the first start has succeeded or failed.
         self.settled = anyio.Event()
         self._changed = anyio.Event()
-        self._refresh_wanted = anyio.Event()
+        self._refresh_requested = anyio.Event()
         register_secret(server.bearer_token)
         register_named_secrets(server.headers)
         register_named_secrets(server.env)
@@ -214,17 +214,28 @@ class Downstream:
                     await self._notify_change()
                     group.start_soon(self._refresh_on_request, client)
                     await closed.wait()
+                    # Marked before the session is closed, which can take
+                    # seconds, so that new calls wait for the restart.
+                    self.connection_lost(client)
                     group.cancel_scope.cancel()
 
             if starting.cancelled_caught:
                 self._fail(f"start timed out after {timeout:g} s")
-            else:
-                self._fail("the connection closed; the server exited or crashed")
         except Exception as exc:
-            verb = "session failed" if self.state is ServerState.READY else "start failed"
-            self._fail(f"{verb}: {_describe(exc)}")
+            if self.state is ServerState.READY:
+                self._fail(f"session failed: {_describe(exc)}")
+            elif self.ready_since is None:
+                self._fail(f"start failed: {_describe(exc)}")
+            else:
+                # The connection was already marked lost; closing it failed too.
+                logger.debug("closing the session of %s failed", self.name, exc_info=True)
         finally:
             self.client = None
+
+    def connection_lost(self, client: Client) -> None:
+        """Mark the server as restarting if ``client`` is still its current session."""
+        if self.client is client and self.state is ServerState.READY:
+            self._fail("the connection closed; the server exited or crashed")
 
     def _fail(self, reason: str) -> None:
         self.error = scrub_text(reason)
@@ -246,14 +257,14 @@ class Downstream:
         # server; the listing is read again by _refresh_on_request.
         if isinstance(message, _LIST_CHANGED):
             logger.info("server %s: %s", self.name, message.method)
-            self._refresh_wanted.set()
+            self._refresh_requested.set()
         elif isinstance(message, Exception):
             logger.warning("server %s: transport error: %s", self.name, _describe(message))
 
     async def _refresh_on_request(self, client: Client) -> None:
         while True:
-            await self._refresh_wanted.wait()
-            self._refresh_wanted = anyio.Event()
+            await self._refresh_requested.wait()
+            self._refresh_requested = anyio.Event()
             try:
                 with anyio.fail_after(self.server.start_timeout_seconds):
                     await self._refresh(client)

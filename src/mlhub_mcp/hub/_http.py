@@ -50,7 +50,6 @@ from mlhub_mcp.paths import check_file_name
 logger = logging.getLogger(__name__)
 
 UPLOADS_DIR = "uploads"
-_CHUNK_LOG_BYTES = 64 * 1024 * 1024
 
 
 def uploads_dir(settings: Settings) -> Path:
@@ -269,6 +268,6 @@ def serve_http(
         ConfigurationError: A non-loopback ``host`` was given without a token.
     """
     path = "/mcp" if transport == "http" else "/sse"
-    shown = f"[{host}]" if ":" in host else host
-    logger.info("hub serving %s on http://%s:%d%s", transport, shown, port, path)
+    url_host = f"[{host}]" if ":" in host else host
+    logger.info("hub serving %s on http://%s:%d%s", transport, url_host, port, path)
     anyio.run(serve_http_async, server, settings, transport, host, port, token)

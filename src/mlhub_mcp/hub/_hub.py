@@ -1,8 +1,9 @@
 """The hub's state and the routing of calls to the downstream servers.
 
-`start_hub` starts every enabled downstream server at once and serves as
-soon as all of them are ready or failed, or after ``startup_wait_seconds``;
-servers still starting join later and the clients are notified. Each routed
+`start_hub` starts every enabled downstream server at once. The hub serves
+as soon as all of them are ready or failed, or after
+``startup_wait_seconds``. Servers still starting join later, and the
+clients are notified. Each routed
 call is bounded by its server's ``timeout_seconds`` and recorded in the
 audit trail.
 """
@@ -82,7 +83,7 @@ class Hub:
         during the call gives a result with ``is_error`` set.
 
         Raises:
-            MCPError: The downstream server answered with a protocol error,
+            MCPError: The downstream server returned a protocol error,
                 passed on unchanged.
         """
         local = self.local_tools.get(name)
@@ -133,6 +134,7 @@ class Hub:
                 return await client.call_tool(tool, arguments, progress_callback=progress)
             except MCPError as exc:
                 if _is_connection_closed(exc):
+                    server.connection_lost(client)
                     return error_result(_closed_message(server, "tool", tool))
                 # A downstream MCPError propagates unchanged, so the caller sees the same code.
                 raise
@@ -146,7 +148,7 @@ class Hub:
 
         Raises:
             MCPError: The URI is unknown (-32602), the server is unavailable or
-                exited (-32603), timed out (-32001), or answered with an error.
+                exited (-32603), timed out (-32001), or returned an error.
         """
         local = self.local_resources.get(uri)
         server = None if local else self.routes.server_for_uri(uri)
@@ -168,7 +170,7 @@ class Hub:
 
         Raises:
             MCPError: The prompt is unknown (-32602), the server is unavailable
-                or exited (-32603), timed out (-32001), or answered with an error.
+                or exited (-32603), timed out (-32001), or returned an error.
         """
         local = self.local_prompts.get(name)
         route = None if local else self.routes.prompts.get(name)
@@ -223,6 +225,7 @@ async def _request(server: Downstream, kind: str, name: str, send: Callable[[Any
             return await send(client)
         except MCPError as exc:
             if _is_connection_closed(exc):
+                server.connection_lost(client)
                 raise MCPError(INTERNAL_ERROR, _closed_message(server, kind, name)) from exc
             raise
 
@@ -231,7 +234,7 @@ async def _request(server: Downstream, kind: str, name: str, send: Callable[[Any
 
 def _is_connection_closed(exc: MCPError) -> bool:
     # The SDK's client raises this when the session's stream ends while a
-    # request waits for its answer.
+    # request waits for its response.
     return exc.code == CONNECTION_CLOSED and exc.message == "Connection closed"
 
 

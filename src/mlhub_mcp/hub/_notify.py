@@ -1,7 +1,7 @@
 """Change notifications from the hub to its clients.
 
 When a downstream server starts, stops, or reports a changed listing, the
-hub tells its own clients, in the way each protocol era expects:
+hub notifies its own clients in the way each protocol era expects:
 
 - Handshake-era clients (2024-11-05 to 2025-11-25) get
   ``notifications/{tools,prompts,resources}/list_changed`` on their
@@ -27,14 +27,14 @@ from mcp.server.subscriptions import (
 logger = logging.getLogger(__name__)
 
 # NOTE: the SDK gives a handler no public signal when a connection closes, so
-# connections are kept up to this count and the oldest are forgotten first;
-# past it, the clients of the oldest connections miss change notifications.
+# connections are kept up to this count and the oldest are forgotten first.
+# Past it, the clients of the oldest connections miss change notifications.
 MAX_TRACKED_CONNECTIONS = 1024
 
 
 @dataclass(frozen=True)
 class ListingChange:
-    """Which of the hub's listings changed."""
+    """The set of hub listings that changed."""
 
     tools: bool = False
     prompts: bool = False

@@ -36,8 +36,8 @@ class RoutingTable:
         """Index the ready servers' listings.
 
         A server that exposes a public name or URI template already taken by
-        the hub or an earlier server is a conflict. With ``strict`` it raises;
-        otherwise the server is left out whole and the reason kept in
+        the hub or an earlier server is a conflict. With ``strict`` it raises.
+        Otherwise the server is left out whole and the reason kept in
         ``conflicts`` under its name, so one misconfigured prefix does not
         hide the other servers of a running hub.
 

@@ -102,7 +102,7 @@ class HubServer(Server[Hub]):
         return super().create_initialization_options(options, experimental_capabilities, extensions)
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
-        # The SDK asks for a tool's input schema on calls over HTTP; serving it
+        # The SDK requests a tool's input schema on calls over HTTP. Serving it
         # from the cached listing spares a tools/list round per call.
         if self.hub is None:
             return None
@@ -120,7 +120,8 @@ async def _connection_lifespan(server: Server[Hub]) -> AsyncIterator[Hub]:
         yield hub
 
 
-def _hub(ctx: ServerRequestContext[Hub]) -> Hub:
+def _hub_for_call(ctx: ServerRequestContext[Hub]) -> Hub:
+    """Return the hub and record the request's caller for the audit trail."""
     current_caller.set(caller_from_context(ctx))
     return ctx.lifespan_context
 
@@ -145,7 +146,7 @@ async def _call_tool(
     async def forward_progress(progress: float, total: float | None, message: str | None) -> None:
         await ctx.session.report_progress(progress, total, message)
 
-    return await _hub(ctx).call(params.name, params.arguments or {}, forward_progress)
+    return await _hub_for_call(ctx).call(params.name, params.arguments or {}, forward_progress)
 
 
 async def _list_resources(
@@ -169,7 +170,7 @@ async def _list_resource_templates(
 async def _read_resource(
     ctx: ServerRequestContext[Hub], params: types.ReadResourceRequestParams
 ) -> types.ReadResourceResult:
-    return await _hub(ctx).read_resource(str(params.uri))
+    return await _hub_for_call(ctx).read_resource(str(params.uri))
 
 
 async def _list_prompts(
@@ -187,7 +188,7 @@ async def _list_prompts(
 async def _get_prompt(
     ctx: ServerRequestContext[Hub], params: types.GetPromptRequestParams
 ) -> types.GetPromptResult:
-    return await _hub(ctx).get_prompt(params.name, dict(params.arguments or {}))
+    return await _hub_for_call(ctx).get_prompt(params.name, dict(params.arguments or {}))
 
 
 def create_hub_server(
