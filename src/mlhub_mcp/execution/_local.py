@@ -12,6 +12,10 @@ import pyarrow.parquet as pq
 from mlhub_mcp.models._formats import Predictor
 
 
+class CancelRequested(Exception):
+    """A request to cancel the running execution arrived through the catalog."""
+
+
 @dataclass
 class RunSpec:
     """What one execution reads, how, and where it writes."""

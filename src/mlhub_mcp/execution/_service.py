@@ -20,7 +20,7 @@ from mlhub_mcp.errors import (
     NotFound,
     SchemaMismatch,
 )
-from mlhub_mcp.execution._local import BatchRunner, RunOutput, RunSpec
+from mlhub_mcp.execution._local import BatchRunner, CancelRequested, RunOutput, RunSpec
 from mlhub_mcp.execution._metrics import (
     classification_metrics,
     confusion_matrix_png,
@@ -43,10 +43,6 @@ _PROGRESS_INTERVAL = 0.2
 
 async def _no_progress(progress: float, total: float | None, message: str | None) -> None:
     return None
-
-
-class _CancelRequested(Exception):
-    """Another process asked, through the catalog, to cancel the running execution."""
 
 
 def _is_numeric(type_name: str) -> bool:
@@ -118,6 +114,10 @@ class ExecutionService:
             raise InvalidInput(f"unknown engine {engine!r}; use one of {ENGINES}")
         if model.get("kind") == "llm":
             return "groq"
+        if engine == "spark":
+            from mlhub_mcp.execution._spark import check_spark_available
+
+            check_spark_available()
         if engine == "groq":
             raise InvalidInput(
                 f"engine 'groq' runs hosted LLMs; model {model['name']!r} is a "
@@ -391,7 +391,7 @@ class ExecutionService:
             try:
                 with scope:
                     changes = await self._run_engine(claimed, progress)
-            except _CancelRequested:
+            except CancelRequested:
                 changes = {"status": "cancelled", "error": "cancelled on request"}
             if scope.cancelled_caught:
                 changes = {"status": "cancelled", "error": "cancelled on request"}
@@ -480,7 +480,11 @@ class ExecutionService:
                 )
 
             metrics = self._metrics(doc, output)
-            return await self._store_results(doc, output.rows, metrics, output_path)
+            changes = await self._store_results(doc, output.rows, metrics, output_path)
+            spark_ui_url = getattr(output, "spark_ui_url", None)
+            if spark_ui_url:
+                changes["spark_ui_url"] = spark_ui_url
+            return changes
         finally:
             output_path.unlink(missing_ok=True)
 
@@ -506,7 +510,7 @@ class ExecutionService:
 
             current = await self.catalog.get("executions", doc["id"])
             if current and current.get("cancel_requested"):
-                raise _CancelRequested
+                raise CancelRequested
             if counts_rows:
                 await self.catalog.update("executions", doc["id"], {"rows_processed": int(done)})
 

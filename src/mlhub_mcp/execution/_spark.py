@@ -132,6 +132,26 @@ def _java_major_version(java: str) -> int | None:
     return major
 
 
+def check_spark_available() -> None:
+    """Check that pyspark imports and Java 17 or newer is present, before a run is queued.
+
+    Raises:
+        ExecutionFailed: pyspark or Java is missing; the message names the fix.
+    """
+    global _spark_checked
+    if _spark_checked:
+        return
+
+    _import_pyspark()
+    check_java()
+    _spark_checked = True
+
+
+# Set once pyspark and Java passed the check, so that later runs skip the
+# `java -version` subprocess.
+_spark_checked = False
+
+
 def check_java() -> None:
     """Check that Java 17 or newer is available to start a Spark driver.
 
@@ -510,7 +530,7 @@ async def _watch(
     job: _SparkJob, platform: "Platform", execution_id: str, progress: "ProgressCallback"
 ) -> None:
     """Report finished partitions until the job ends, and cancel it on request."""
-    from mlhub_mcp.execution._service import _CancelRequested
+    from mlhub_mcp.execution._local import CancelRequested
 
     reported: tuple[int, int] | None = None
     next_check = time.monotonic() + _CANCEL_CHECK_SECONDS
@@ -529,8 +549,8 @@ async def _watch(
                 next_check = time.monotonic() + _CANCEL_CHECK_SECONDS
                 current = await platform.catalog.get("executions", execution_id)
                 if current and current.get("cancel_requested"):
-                    raise _CancelRequested
-    except (anyio.get_cancelled_exc_class(), _CancelRequested):
+                    raise CancelRequested
+    except (anyio.get_cancelled_exc_class(), CancelRequested):
         with anyio.CancelScope(shield=True):
             await _cancel_job(job, execution_id)
         raise
