@@ -33,11 +33,11 @@ env = {{ ECHO_DIR = "{echo_dir}", ECHO_LINGER = "1" }}
 """
 
 
-def _wait_for(condition, seconds: float, what: str) -> None:
+def _wait_for(condition, seconds: float, description: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+            raise AssertionError(f"timed out after {seconds} s waiting for {description}")
         time.sleep(0.05)
 
 

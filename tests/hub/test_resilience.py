@@ -43,7 +43,7 @@ async def test_crash_during_call_errors_then_restarts(hub_settings: Settings) ->
 
     assert crashed.is_error
     assert "closed the connection" in text_of(crashed)
-    assert elapsed < hub_settings.servers["a"].timeout_seconds
+    assert elapsed < 3
     assert not after.is_error, text_of(after)
     assert text_of(after) == "back"
     assert status["state"] == "ready"
@@ -79,10 +79,10 @@ async def test_misconfigured_server_does_not_delay_the_others(
     assert ready_after < 10
 
 
-async def test_hanging_server_delays_startup_by_the_wait_at_most(
+async def test_hanging_server_bounded_by_startup_wait(
     hub_settings: Settings,
 ) -> None:
-    """A server that never answers costs startup_wait_seconds, then joins the failed ones."""
+    """A server that never responds costs startup_wait_seconds, then joins the failed ones."""
     hub_settings.servers["hang"] = ServerSettings(
         name="hang",
         command=sys.executable,

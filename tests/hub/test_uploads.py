@@ -69,7 +69,7 @@ async def test_large_upload_streams_and_registers(settings: Settings, tmp_path: 
     assert body["size_bytes"] == size
     assert stored.read_bytes() == source.read_bytes()
     assert stored.is_relative_to(settings.home / "imports" / "uploads")
-    # The client and the hub run in this process; neither holds the body.
+    # The client and the hub run in this process, and neither keeps the body in memory.
     assert peak < 16 * 1024 * 1024, f"peak Python memory {peak} bytes during the upload"
     assert not registered.is_error, text_of(registered)
     assert registered.structured_content["size_bytes"] == size

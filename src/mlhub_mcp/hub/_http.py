@@ -250,6 +250,9 @@ async def serve_http_async(
     import uvicorn
 
     app = build_hub_app(server, settings, transport, host, token)
+    path = "/mcp" if transport == "http" else "/sse"
+    url_host = f"[{host}]" if ":" in host else host
+    logger.info("hub serving %s on http://%s:%d%s", transport, url_host, port, path)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
     await uvicorn.Server(config).serve(sockets=list(sockets) if sockets else None)
 
@@ -267,7 +270,4 @@ def serve_http(
     Raises:
         ConfigurationError: A non-loopback ``host`` was given without a token.
     """
-    path = "/mcp" if transport == "http" else "/sse"
-    url_host = f"[{host}]" if ":" in host else host
-    logger.info("hub serving %s on http://%s:%d%s", transport, url_host, port, path)
     anyio.run(serve_http_async, server, settings, transport, host, port, token)
