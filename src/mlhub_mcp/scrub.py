@@ -33,8 +33,10 @@ SECRET_ENV_VARS = (
     "MINIO_ROOT_USER",
     "MONGO_INITDB_ROOT_PASSWORD",
     "GROQ_API_KEY",
-    "MLHUB_MONGODB_URI",
 )
+
+# Environment variables holding URIs whose password part is a secret.
+SECRET_URI_ENV_VARS = ("MLHUB_MONGODB_URI",)
 
 # HTTP headers whose values are secrets.
 SECRET_HEADERS = frozenset(
@@ -81,9 +83,11 @@ def register_environment_secrets(environ: Mapping[str, str] | None = None) -> No
     environ = os.environ if environ is None else environ
     for name in SECRET_ENV_VARS:
         register_secret(environ.get(name))
-        password = _URI_USERINFO.search(environ.get(name, ""))
-        if password:
-            register_secret(password.group("password"))
+
+    for name in SECRET_URI_ENV_VARS:
+        userinfo = _URI_USERINFO.search(environ.get(name, ""))
+        if userinfo:
+            register_secret(userinfo.group("password"))
 
 
 def register_named_secrets(values: Mapping[str, str]) -> None:
