@@ -73,3 +73,17 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml")
 
     assert "nope.toml" in str(error.value)
+
+
+def test_children_get_backends_but_not_hub_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLHUB_MONGODB_DATABASE", "team")
+    monkeypatch.setenv("MLHUB_HUB_TOKEN", "hub-secret-token")
+    monkeypatch.setenv("MINIO_ROOT_USER", "minio")
+    monkeypatch.setenv("UNRELATED_VARIABLE", "x")
+
+    env = load_settings().child_environment()
+
+    assert env["MLHUB_MONGODB_DATABASE"] == "team"
+    assert env["MINIO_ROOT_USER"] == "minio"
+    assert "MLHUB_HUB_TOKEN" not in env
+    assert "UNRELATED_VARIABLE" not in env

@@ -131,6 +131,10 @@ _PASSTHROUGH = (
 )
 
 
+# Tokens that guard the hub's own HTTP endpoint; downstream servers never need them.
+_NOT_PASSED = frozenset({"MLHUB_HUB_TOKEN", "MLHUB_SERVER_TOKEN"})
+
+
 def passthrough_environment() -> dict[str, str]:
     """Return the variables of this process that a child mlhub process must see.
 
@@ -140,7 +144,7 @@ def passthrough_environment() -> dict[str, str]:
     return {
         name: value
         for name, value in os.environ.items()
-        if name.startswith("MLHUB_") or name in _PASSTHROUGH
+        if (name.startswith("MLHUB_") or name in _PASSTHROUGH) and name not in _NOT_PASSED
     }
 
 
