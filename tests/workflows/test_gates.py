@@ -1,0 +1,184 @@
+"""workflow_gate and workflow_promote: checks that must pass before a step runs."""
+
+import pytest
+from mcp import Client
+
+from tests.workflows.conftest import (
+    CLASSIFIERS,
+    DEPLOYMENTS,
+    HOLDOUT,
+    HOLDOUT_ROWS,
+    NARROW,
+    call,
+    call_failing,
+    text_of,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def _checks(output: dict) -> dict[str, dict]:
+    return {check["name"]: check for check in output["checks"]}
+
+
+async def _deployment_names(client: Client) -> set[str]:
+    listing = await call(client, "list_deployments", {"limit": 500})
+    return {d["name"] for d in listing["deployments"]}
+
+
+async def test_gate_passes_and_runs_the_step(client: Client) -> None:
+    arguments = {
+        "model_name": CLASSIFIERS["logreg"],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "max_rows": 1000,
+        "max_size_bytes": 10_000_000,
+        "then": {
+            "tool": "run_execution",
+            "arguments": {
+                "deployment": DEPLOYMENTS["logreg"],
+                "dataset": HOLDOUT,
+                "label_column": "label",
+            },
+        },
+    }
+
+    output = await call(client, "workflow_gate", arguments)
+    checks = _checks(output)
+
+    assert output["passed"] is True
+    assert output["failed_checks"] == []
+    assert checks["n_features"]["values"]["model_n_features"] == 64
+    assert checks["n_features"]["values"]["dataset_feature_columns"] == 64
+    assert checks["max_rows"]["values"] == {"row_count": HOLDOUT_ROWS, "max_rows": 1000}
+    assert output["step"]["status"] == "succeeded"
+    assert output["step"]["result"]["metrics"]["accuracy"] > 0.9
+
+
+async def test_gate_fails_on_feature_count(client: Client) -> None:
+    arguments = {
+        "model_name": CLASSIFIERS["logreg"],
+        "dataset": NARROW,
+        "label_column": "label",
+        "then": {
+            "tool": "run_execution",
+            "arguments": {"deployment": DEPLOYMENTS["logreg"], "dataset": NARROW},
+        },
+    }
+
+    result = await call_failing(client, "workflow_gate", arguments)
+    output = result.structured_content
+
+    assert output is not None
+    assert output["passed"] is False
+    assert output["failed_checks"] == ["n_features"]
+    assert _checks(output)["n_features"]["values"]["model_n_features"] == 64
+    assert _checks(output)["n_features"]["values"]["dataset_feature_columns"] == 10
+    assert output["step"] == {
+        "tool": "run_execution",
+        "status": "not_run",
+        "result": None,
+        "error": None,
+    }
+    assert "expects 64 features" in text_of(result)
+    assert "has 10 feature columns besides label 'label'" in text_of(result)
+
+
+async def test_gate_fails_on_size_limits(client: Client) -> None:
+    arguments = {
+        "model_name": CLASSIFIERS["tree"],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "max_rows": 100,
+        "min_rows": 10,
+        "max_size_bytes": 1000,
+    }
+
+    result = await call_failing(client, "workflow_gate", arguments)
+    output = result.structured_content
+
+    assert output is not None
+    assert output["failed_checks"] == ["max_rows", "max_size_bytes"]
+    assert _checks(output)["min_rows"]["status"] == "passed"
+    assert _checks(output)["max_rows"]["values"] == {"row_count": HOLDOUT_ROWS, "max_rows": 100}
+    assert _checks(output)["max_size_bytes"]["values"]["size_bytes"] > 1000
+    assert f"has {HOLDOUT_ROWS} rows; the limit is 100" in text_of(result)
+
+
+async def test_gate_fails_on_a_missing_label(client: Client) -> None:
+    arguments = {"model_name": CLASSIFIERS["tree"], "dataset": HOLDOUT, "label_column": "digit"}
+
+    result = await call_failing(client, "workflow_gate", arguments)
+
+    assert result.structured_content is not None
+    assert "label_column" in result.structured_content["failed_checks"]
+    assert "column 'digit' is not in dataset" in text_of(result)
+
+
+async def test_promote_creates_a_production_deployment(client: Client) -> None:
+    arguments = {
+        "model_name": CLASSIFIERS["logreg"],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "metric": "accuracy",
+        "threshold": 0.9,
+        "deployment_name": "logreg-production",
+        "max_rows": 10_000,
+    }
+
+    output = await call(client, "workflow_promote", arguments)
+    names = await _deployment_names(client)
+
+    assert output["promoted"] is True
+    assert output["deployment"]["environment"] == "production"
+    assert output["deployment"]["model_name"] == CLASSIFIERS["logreg"]
+    assert output["evaluation"]["temporary"] is True
+    assert output["evaluation"]["value"] >= 0.9
+    assert _checks(output)["metric"]["status"] == "passed"
+    assert "logreg-production" in names
+    assert output["evaluation"]["deployment"] not in names
+
+
+async def test_promote_rejects_below_threshold(client: Client) -> None:
+    arguments = {
+        "model_name": CLASSIFIERS["tree"],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "metric": "f1_macro",
+        "threshold": 0.99,
+        "deployment_name": "tree-production",
+        "evaluation_deployment": DEPLOYMENTS["tree"],
+    }
+
+    result = await call_failing(client, "workflow_promote", arguments)
+    output = result.structured_content
+    names = await _deployment_names(client)
+
+    assert output is not None
+    assert output["promoted"] is False
+    assert output["failed_checks"] == ["metric"]
+    assert output["evaluation"]["value"] < 0.99
+    assert output["evaluation"]["temporary"] is False
+    assert _checks(output)["metric"]["values"]["threshold"] == 0.99
+    assert "the metric gate failed: f1_macro = " in text_of(result)
+    assert "does not meet the threshold >= 0.99" in text_of(result)
+    assert "tree-production" not in names
+    assert DEPLOYMENTS["tree"] in names
+
+
+async def test_promote_rejects_regression_metric(client: Client) -> None:
+    arguments = {
+        "model_name": CLASSIFIERS["tree"],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "metric": "rmse",
+        "threshold": 1.0,
+        "deployment_name": "tree-rmse",
+    }
+
+    result = await call_failing(client, "workflow_promote", arguments)
+
+    assert result.structured_content is not None
+    assert result.structured_content["failed_checks"] == ["task_type"]
+    assert result.structured_content["evaluation"] is None
+    assert "metric 'rmse' needs a regression model" in text_of(result)
