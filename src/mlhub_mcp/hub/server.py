@@ -231,11 +231,20 @@ class _SubscriptionsListen:
         return await ctx.lifespan_context.notifier.listen_handler(ctx, params)
 
 
+def create_hub_with_workflows(settings: Settings | None = None) -> HubServer:
+    """Build the hub with the workflow tools and prompts of ``mlhub_mcp.hub.workflows``."""
+    from mlhub_mcp.hub.workflows import workflow_prompts, workflow_tools
+
+    return create_hub_server(
+        settings, local_tools=workflow_tools(), local_prompts=workflow_prompts()
+    )
+
+
 async def run_hub_stdio(settings: Settings | None = None) -> None:
     """Serve the hub over stdio until the client disconnects."""
     from mcp.server.stdio import stdio_server
 
-    server = create_hub_server(settings)
+    server = create_hub_with_workflows(settings)
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
@@ -258,4 +267,4 @@ def run_hub(
 
     from mlhub_mcp.hub._http import serve_http
 
-    serve_http(create_hub_server(settings), settings, transport, host, port, token)
+    serve_http(create_hub_with_workflows(settings), settings, transport, host, port, token)
