@@ -5,9 +5,11 @@ file (``MLHUB_CONFIG``, else ``hub_config.toml`` in the working directory), and
 environment variables.
 """
 
+import logging
 import os
 import sys
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,30 @@ import platformdirs
 
 from mlhub_mcp.errors import ConfigurationError
 
+logger = logging.getLogger(__name__)
+
 CONFIG_ENV = "MLHUB_CONFIG"
 HOME_ENV = "MLHUB_HOME"
 IMPORT_DIRS_ENV = "MLHUB_IMPORT_DIRS"
 DEFAULT_CONFIG_NAME = "hub_config.toml"
 SERVER_NAMES = ("model", "data", "execution")
 TRANSPORTS = ("stdio", "http", "sse")
+
+# Keys accepted in the [storage], [catalog] and [artifacts] tables of
+# hub_config.toml. The [hub], [http] and [servers.*] tables accept the fields
+# of their dataclasses.
+STORAGE_KEYS = ("home", "import_dirs", "max_inline_bytes")
+CATALOG_KEYS = ("backend", "database", "uri")
+ARTIFACTS_KEYS = (
+    "access_key",
+    "backend",
+    "bucket",
+    "endpoint",
+    "region",
+    "secret_key",
+    "secure",
+    "url_expiry_seconds",
+)
 
 
 @dataclass
@@ -188,6 +208,85 @@ def _resolve_dirs(raw: list[str], base: Path) -> list[Path]:
     return dirs
 
 
+def _too_broad(path: Path) -> str | None:
+    """Return why ``path`` must not be an import directory, or None when it may be one."""
+    if path.parent == path:
+        return "a filesystem root"
+
+    try:
+        home = Path.home().resolve()
+    except RuntimeError:
+        return None
+
+    if path == home:
+        return "the home directory"
+    if home.is_relative_to(path):
+        return f"a directory that contains the home directory {str(home)!r}"
+
+    return None
+
+
+def _import_dirs(storage: dict[str, Any], home: Path) -> list[Path]:
+    """Return the import directories, each once, ending with the data directory's imports/.
+
+    Raises:
+        ConfigurationError: A configured directory is a filesystem root or
+            contains the home directory, or the setting is not a list of paths.
+    """
+    if os.environ.get(IMPORT_DIRS_ENV):
+        raw = [d for d in os.environ[IMPORT_DIRS_ENV].split(os.pathsep) if d]
+        dirs = _configured_import_dirs(raw, IMPORT_DIRS_ENV)
+    elif "import_dirs" in storage:
+        raw = storage["import_dirs"]
+        if not isinstance(raw, list) or not all(isinstance(d, str) for d in raw):
+            raise ConfigurationError(
+                f'storage.import_dirs must be a list of paths, e.g. ["models"], got {raw!r}'
+            )
+        dirs = _configured_import_dirs(raw, "storage.import_dirs")
+    else:
+        dirs = _default_import_dirs()
+
+    dirs.append((home / "imports").resolve())
+    return list(dict.fromkeys(dirs))
+
+
+def _configured_import_dirs(raw: list[str], source: str) -> list[Path]:
+    dirs = _resolve_dirs(raw, Path.cwd())
+    for path in dirs:
+        reason = _too_broad(path)
+        if reason is not None:
+            raise ConfigurationError(
+                f"import directory {str(path)!r} in {source} is {reason}, which would expose "
+                "every file under it to MCP clients; list only the directories that hold the "
+                "models and datasets to register"
+            )
+
+        if not path.is_dir():
+            logger.warning("import directory %s in %s does not exist", path, source)
+
+    return dirs
+
+
+def _default_import_dirs() -> list[Path]:
+    # MCP clients choose the working directory of the servers they start:
+    # Claude Desktop on macOS uses "/" and the Claude Code desktop app on
+    # Linux the home directory, either of which would expose every file.
+    working = Path.cwd().resolve()
+    reason = _too_broad(working)
+    if reason is None:
+        return [working]
+
+    logger.warning(
+        "not using the working directory %s as import directory because it is %s; "
+        "set %s or storage.import_dirs in hub_config.toml to the directories that hold "
+        "your models and datasets",
+        working,
+        reason,
+        IMPORT_DIRS_ENV,
+    )
+    return []
+
+
 def _parse_servers(raw: dict[str, Any]) -> dict[str, ServerSettings]:
     servers: dict[str, ServerSettings] = {}
     for name in SERVER_NAMES:
@@ -215,17 +314,23 @@ def _parse_servers(raw: dict[str, Any]) -> dict[str, ServerSettings]:
     return servers
 
 
-def _parse_table(kind: type[Any], table: Any, name: str) -> Any:
+def _checked_table(data: dict[str, Any], name: str, known: Collection[str]) -> dict[str, Any]:
+    """Return the table ``name`` of ``data`` after rejecting keys not in ``known``."""
+    table = data.get(name, {})
     if not isinstance(table, dict):
         raise ConfigurationError(f"[{name}] must be a table")
 
-    known = set(kind.__dataclass_fields__)
-    unknown = set(table) - known
+    unknown = set(table) - set(known)
     if unknown:
         raise ConfigurationError(
             f"unknown keys {sorted(unknown)} in [{name}]; known keys: {sorted(known)}"
         )
 
+    return table
+
+
+def _parse_table(kind: type[Any], data: dict[str, Any], name: str) -> Any:
+    table = _checked_table(data, name, kind.__dataclass_fields__)
     return kind(**table)
 
 
@@ -239,9 +344,9 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
     data = _read_toml(path) if path else {}
     base = path.parent if path else Path.cwd()
 
-    storage = data.get("storage", {})
-    catalog = data.get("catalog", {})
-    artifacts = data.get("artifacts", {})
+    storage = _checked_table(data, "storage", STORAGE_KEYS)
+    catalog = _checked_table(data, "catalog", CATALOG_KEYS)
+    artifacts = _checked_table(data, "artifacts", ARTIFACTS_KEYS)
 
     home_raw = os.environ.get(HOME_ENV) or storage.get("home") or ""
     if home_raw:
@@ -249,13 +354,7 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
     else:
         home = Path(platformdirs.user_data_dir("mlhub-mcp"))
 
-    if os.environ.get(IMPORT_DIRS_ENV):
-        raw_dirs = [d for d in os.environ[IMPORT_DIRS_ENV].split(os.pathsep) if d]
-        import_dirs = _resolve_dirs(raw_dirs, Path.cwd())
-    else:
-        raw_dirs = storage.get("import_dirs", ["."])
-        import_dirs = _resolve_dirs(raw_dirs, Path.cwd())
-    import_dirs.append((home / "imports").resolve())
+    import_dirs = _import_dirs(storage, home)
 
     settings = Settings(
         home=home,
@@ -265,8 +364,8 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
         servers=_parse_servers(data.get("servers", {})),
         config_path=path,
         max_inline_bytes=int(storage.get("max_inline_bytes", 8 * 1024 * 1024)),
-        http=_parse_table(HttpSettings, data.get("http", {}), "http"),
-        hub=_parse_table(HubSettings, data.get("hub", {}), "hub"),
+        http=_parse_table(HttpSettings, data, "http"),
+        hub=_parse_table(HubSettings, data, "hub"),
     )
     _apply_backend_settings(settings, catalog, artifacts)
     return settings
