@@ -326,3 +326,182 @@ async def test_deleting_execution_removes_its_files(platform: Platform, settings
     await platform.call(platform.execution, "delete_execution", execution_id=execution["id"])
 
     assert await snapshot(settings) == before
+
+
+# Checks added for data that would run but give wrong or useless results.
+
+
+async def test_null_features_are_named(
+    platform: Platform, settings: Settings, imports: Path
+) -> None:
+    table = pa_csv.read_csv(imports / "digits_test.csv")
+    values = table.column("pixel_7").to_pylist()
+    values[:3] = [None, None, None]
+    table = table.set_column(7, "pixel_7", pa.array(values, pa.float64()))
+    pq.write_table(table, imports / "nulls.parquet")
+    await platform.call(platform.data, "register_dataset", name="nulls", path="nulls.parquet")
+
+    message = await _rejected_run(
+        platform, settings, deployment="dep", dataset="nulls", label_column="label"
+    )
+
+    assert "pixel_7 (3 nulls)" in message
+
+
+async def test_null_labels_are_rejected(
+    platform: Platform, settings: Settings, imports: Path
+) -> None:
+    table = pa_csv.read_csv(imports / "digits_test.csv")
+    labels = table.column("label").to_pylist()
+    labels[0] = None
+    table = table.set_column(64, "label", pa.array(labels, pa.int64()))
+    pq.write_table(table, imports / "nolabel.parquet")
+    await platform.call(platform.data, "register_dataset", name="nolabel", path="nolabel.parquet")
+
+    message = await _rejected_run(
+        platform, settings, deployment="dep", dataset="nolabel", label_column="label"
+    )
+
+    assert "label column 'label'" in message
+    assert "1 null values" in message
+
+
+async def test_empty_feature_list_is_rejected(platform: Platform, settings: Settings) -> None:
+    message = await _rejected_run(
+        platform, settings, deployment="dep", dataset="digits", feature_columns=[]
+    )
+
+    assert "'feature_columns' is empty" in message
+
+
+async def test_regression_needs_numeric_label(
+    platform: Platform, settings: Settings, imports: Path
+) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LinearRegression
+
+    features = np.arange(20, dtype=np.float32).reshape(10, 2)
+    model = LinearRegression().fit(features, features.sum(axis=1))
+    (imports / "lin2.onnx").write_bytes(to_onnx(model, features[:1]).SerializeToString())
+    names = ["a" if i % 2 else "b" for i in range(10)]
+    pq.write_table(
+        pa.table({"x": features[:, 0], "y": features[:, 1], "name": names}),
+        imports / "strlabel.parquet",
+    )
+    await platform.call(platform.model, "register_model", name="lin2", path="lin2.onnx")
+    await platform.call(platform.data, "register_dataset", name="strlabel", path="strlabel.parquet")
+    await platform.call(platform.execution, "create_deployment", name="lin2", model_name="lin2")
+
+    message = await _rejected_run(
+        platform, settings, deployment="lin2", dataset="strlabel", label_column="name"
+    )
+
+    assert "regression label must be numeric" in message
+
+
+async def test_multi_output_model_fails_at_deployment(platform: Platform, imports: Path) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LinearRegression
+
+    features = np.arange(20, dtype=np.float32).reshape(10, 2)
+    model = LinearRegression().fit(features, np.column_stack([features[:, 0], features[:, 1]]))
+    (imports / "two.onnx").write_bytes(to_onnx(model, features[:1]).SerializeToString())
+    await platform.call(platform.model, "register_model", name="two", path="two.onnx")
+
+    result = await platform.execution.call_tool(
+        "create_deployment", {"name": "two", "model_name": "two"}
+    )
+
+    assert result.is_error
+    assert "2 values per row" in _text(result)
+
+
+async def test_many_classes_skip_the_matrix(platform: Platform, imports: Path) -> None:
+    # A classifier evaluated against a column of 300 distinct values, as
+    # happens when the wrong column is chosen as the label.
+    table = pa_csv.read_csv(imports / "digits_test.csv")
+    table = table.set_column(64, "label", pa.array(np.arange(540) % 300, pa.int64()))
+    pq.write_table(table, imports / "wide.parquet")
+    await platform.call(platform.data, "register_dataset", name="wide", path="wide.parquet")
+
+    result = await platform.execution.call_tool(
+        "run_execution", {"deployment": "dep", "dataset": "wide", "label_column": "label"}
+    )
+
+    metrics = result.structured_content["metrics"]
+    assert metrics["classes"] == 300
+    assert metrics["confusion_matrix"] is None
+    assert "300 distinct classes" in metrics["note"]
+    assert result.structured_content["plot_url"] is None
+    assert [c.type for c in result.content] == ["text"]
+
+
+async def test_mismatched_label_values_warn(platform: Platform, imports: Path) -> None:
+    table = pa_csv.read_csv(imports / "digits_test.csv")
+    labels = [f"digit-{v}" for v in table.column("label").to_pylist()]
+    table = table.set_column(64, "label", pa.array(labels))
+    pq.write_table(table, imports / "named.parquet")
+    await platform.call(platform.data, "register_dataset", name="named", path="named.parquet")
+
+    execution = await platform.call(
+        platform.execution, "run_execution", deployment="dep", dataset="named", label_column="label"
+    )
+
+    assert execution["metrics"]["accuracy"] == 0
+    assert "no predicted value matches any label value" in execution["metrics"]["warning"]
+
+
+async def test_listing_leaves_out_matrices(platform: Platform) -> None:
+    await platform.call(
+        platform.execution,
+        "run_execution",
+        deployment="dep",
+        dataset="digits",
+        label_column="label",
+    )
+
+    page = await platform.call(platform.execution, "list_executions")
+
+    metrics = page["executions"][0]["metrics"]
+    assert metrics["accuracy"] > 0.9
+    assert "confusion_matrix" not in metrics
+
+
+async def test_execution_of_dead_server_is_failed(platform: Platform, settings: Settings) -> None:
+    import socket
+
+    from mlhub_mcp.ids import new_id, utc_now
+    from mlhub_mcp.platform import open_platform
+
+    # A finished child's pid stands for an execution server that died mid-run.
+    dead = await anyio.open_process(["true"])
+    await dead.wait()
+    started = await platform.call(
+        platform.execution,
+        "run_execution",
+        deployment="dep",
+        dataset="digits",
+        label_column="label",
+        wait=False,
+    )
+    await platform.call(platform.execution, "cancel_execution", execution_id=started["id"])
+    orphan_id = new_id()
+    async with open_platform(settings) as storage:
+        template = await storage.catalog.get("executions", started["id"])
+        await storage.catalog.insert(
+            "executions",
+            {
+                **template,
+                "id": orphan_id,
+                "status": "running",
+                "started_at": utc_now(),
+                "owner": {"host": socket.gethostname(), "pid": dead.pid, "instance": "x"},
+            },
+        )
+
+    current = await platform.call(platform.execution, "get_execution", execution_id=orphan_id)
+    deleted = await platform.execution.call_tool("delete_deployment", {"name": "dep"})
+
+    assert current["status"] == "failed"
+    assert f"pid {dead.pid}" in current["error"]
+    assert not deleted.is_error, _text(deleted)

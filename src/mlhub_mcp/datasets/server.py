@@ -50,10 +50,25 @@ class DatasetInfo(BaseModel):
     created_at: str
 
 
+class DatasetSummary(BaseModel):
+    """A registered dataset as listed; get_dataset adds its columns."""
+
+    id: str
+    name: str
+    description: str
+    kind: str
+    format: str
+    file_name: str
+    size_bytes: int
+    row_count: int
+    column_count: int
+    created_at: str
+
+
 class DatasetList(BaseModel):
     """A page of datasets."""
 
-    datasets: list[DatasetInfo]
+    datasets: list[DatasetSummary]
     next_cursor: str | None = Field(description="pass as 'cursor' to get the next page")
 
 
@@ -139,7 +154,11 @@ async def list_datasets(
 ) -> DatasetList:
     """List registered datasets, oldest first, one page at a time."""
     page = await _registry(ctx).list_page(limit=limit, cursor=cursor)
-    return DatasetList(datasets=[_info(d) for d in page.items], next_cursor=page.next_cursor)
+    summaries = [
+        DatasetSummary.model_validate({**d, "column_count": len(d.get("columns", []))})
+        for d in page.items
+    ]
+    return DatasetList(datasets=summaries, next_cursor=page.next_cursor)
 
 
 async def get_dataset(

@@ -18,6 +18,12 @@ def _aligned(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.nda
     return y_true, y_pred
 
 
+# Largest number of classes for which the confusion matrix is stored, and
+# for which it is drawn; past them the matrix is too large to read or to send.
+MAX_MATRIX_CLASSES = 100
+MAX_PLOT_CLASSES = 50
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     """Return accuracy, macro and weighted precision/recall/F1, and the confusion matrix."""
     y_true, y_pred = _aligned(y_true, y_pred)
@@ -31,11 +37,28 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
         result[f"recall_{average}"] = float(recall)
         result[f"f1_{average}"] = float(f1)
 
-    matrix = skm.confusion_matrix(y_true, y_pred, labels=labels)
-    result["confusion_matrix"] = {
-        "labels": [_plain(v) for v in labels],
-        "matrix": matrix.tolist(),
-    }
+    result["classes"] = len(labels)
+    if len(labels) <= MAX_MATRIX_CLASSES:
+        matrix = skm.confusion_matrix(y_true, y_pred, labels=labels)
+        result["confusion_matrix"] = {
+            "labels": [_plain(v) for v in labels],
+            "matrix": matrix.tolist(),
+        }
+    else:
+        result["confusion_matrix"] = None
+        result["note"] = (
+            f"{len(labels)} distinct classes: the confusion matrix is left out above "
+            f"{MAX_MATRIX_CLASSES}; check that the label column holds classes"
+        )
+
+    common = np.intersect1d(np.unique(y_true), np.unique(y_pred))
+    if len(common) == 0:
+        result["warning"] = (
+            "no predicted value matches any label value (predictions look like "
+            f"{[_plain(v) for v in np.unique(y_pred)[:3]]}, labels like "
+            f"{[_plain(v) for v in np.unique(y_true)[:3]]}); check the label column "
+            "and the classes the model was trained on"
+        )
     return result
 
 

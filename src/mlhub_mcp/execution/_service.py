@@ -1,6 +1,8 @@
 """Deployments and executions: validation, the run loop, status and results."""
 
 import logging
+import os
+import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +24,7 @@ from mlhub_mcp.errors import (
 )
 from mlhub_mcp.execution._local import BatchRunner, CancelRequested, RunOutput, RunSpec
 from mlhub_mcp.execution._metrics import (
+    MAX_PLOT_CLASSES,
     classification_metrics,
     confusion_matrix_png,
     regression_metrics,
@@ -45,6 +48,30 @@ async def _no_progress(progress: float, total: float | None, message: str | None
     return None
 
 
+def _process_alive(pid: int) -> bool:
+    """Return whether a process with ``pid`` exists on this host."""
+    # NOTE: a pid reused by an unrelated process reads as alive, which only
+    # delays the recovery of that execution; it never fails a live one.
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _names(names: list[str], shown: int = 10) -> str:
+    """Format a list of column names for a message, shortening long lists."""
+    if len(names) <= shown:
+        return str(names)
+    return f"{names[:shown]} and {len(names) - shown} more"
+
+
+def _null_counts(dataset: dict[str, Any]) -> dict[str, int]:
+    return {c["name"]: int(c.get("null_count") or 0) for c in dataset.get("columns", [])}
+
+
 def _is_numeric(type_name: str) -> bool:
     return type_name.startswith(("int", "uint", "float", "double", "bool", "decimal", "halffloat"))
 
@@ -59,6 +86,57 @@ class ExecutionService:
         self._predictors: dict[str, Predictor] = {}
         self._load_lock = anyio.Lock()
         self._scopes: dict[str, tuple[anyio.CancelScope, anyio.Event]] = {}
+        # Recorded on each execution this service queues or runs, so that
+        # another server process can tell when the owner has died.
+        self._owner = {"host": socket.gethostname(), "pid": os.getpid(), "instance": new_id()}
+
+    async def recover(self) -> int:
+        """Settle executions left queued or running by a server process that died.
+
+        Also removes the scratch files such processes left. Returns the number
+        of executions marked failed.
+        """
+        settled = 0
+        stale = await self.catalog.find_all("executions", {"status": ["queued", "running"]})
+        for doc in stale:
+            if (await self._settle_abandoned(doc))["status"] == "failed":
+                settled += 1
+
+        for path in self.platform.scratch_dir.glob("run-*-*"):
+            pid = path.name.split("-")[1]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                path.unlink(missing_ok=True)
+
+        if settled:
+            logger.warning("marked %d executions of stopped server processes as failed", settled)
+        return settled
+
+    async def _settle_abandoned(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Mark ``doc`` failed if the process that queued or ran it has died."""
+        owner = doc.get("owner") or {}
+        if doc["status"] not in ("queued", "running"):
+            return doc
+        if owner.get("host") != self._owner["host"] or not owner.get("pid"):
+            return doc
+        if owner["pid"] == os.getpid() or _process_alive(owner["pid"]):
+            return doc
+
+        changes = {
+            "status": "failed",
+            "finished_at": utc_now(),
+            "error": (
+                f"the execution server that ran this execution (pid {owner['pid']}) stopped "
+                "before it finished; run it again"
+            ),
+        }
+        updated = await self.catalog.update(
+            "executions", doc["id"], changes, expected={"status": doc["status"]}
+        )
+        if updated is None:
+            return await self.get_execution(doc["id"])
+
+        logger.warning("execution %s of stopped pid %s marked failed", doc["id"], owner["pid"])
+        return updated
 
     # Deployments
 
@@ -167,9 +245,11 @@ class ExecutionService:
 
     async def delete_deployment(self, name: str) -> dict[str, Any]:
         doc = await self.get_deployment(name)
-        active = await self.catalog.find_one(
+        unfinished = await self.catalog.find_all(
             "executions", {"deployment_id": doc["id"], "status": ["queued", "running"]}
         )
+        settled = [await self._settle_abandoned(e) for e in unfinished]
+        active = next((e for e in settled if e["status"] in ("queued", "running")), None)
         if active is not None:
             raise Conflict(
                 f"deployment {name!r} has execution {active['id']} {active['status']}; "
@@ -214,8 +294,14 @@ class ExecutionService:
         if label_column is not None and label_column not in columns:
             raise SchemaMismatch(
                 f"label column {label_column!r} is not in dataset {dataset_name!r}; "
-                f"its columns: {list(columns)}"
+                f"its columns: {_names(list(columns))}"
             )
+        if feature_columns is not None and not feature_columns:
+            raise InvalidInput(
+                "'feature_columns' is empty; omit it to use every column but the label"
+            )
+        if label_column is not None and run_engine != "groq":
+            self._check_label(model, dataset, columns, label_column)
 
         parameters: dict[str, Any] = {
             "batch_size": batch_size or deployment["batch_size"],
@@ -260,9 +346,29 @@ class ExecutionService:
             "predictions_key": None,
             "plot_key": None,
             "cancel_requested": False,
+            "owner": self._owner,
         }
         await self.catalog.insert("executions", doc)
         return doc
+
+    def _check_label(
+        self,
+        model: dict[str, Any],
+        dataset: dict[str, Any],
+        columns: dict[str, str],
+        label_column: str,
+    ) -> None:
+        nulls = _null_counts(dataset).get(label_column, 0)
+        if nulls:
+            raise SchemaMismatch(
+                f"label column {label_column!r} of dataset {dataset['name']!r} has {nulls} "
+                "null values; remove those rows or choose another label column"
+            )
+        if model["task_type"] == "regression" and not _is_numeric(columns[label_column]):
+            raise SchemaMismatch(
+                f"model {model['name']!r} is a regression model but label column "
+                f"{label_column!r} is {columns[label_column]}; a regression label must be numeric"
+            )
 
     def _feature_columns(
         self,
@@ -273,7 +379,7 @@ class ExecutionService:
         label_column: str | None,
     ) -> list[str]:
         signature = model.get("signature") or {}
-        if requested:
+        if requested is not None:
             features = list(requested)
         elif signature.get("feature_names"):
             features = list(signature["feature_names"])
@@ -283,8 +389,8 @@ class ExecutionService:
         missing = [c for c in features if c not in columns]
         if missing:
             raise SchemaMismatch(
-                f"dataset {dataset['name']!r} lacks feature columns {missing}; "
-                f"its columns: {list(columns)}"
+                f"dataset {dataset['name']!r} lacks feature columns {_names(missing)}; "
+                f"its columns: {_names(list(columns))}"
             )
         if label_column in features:
             raise SchemaMismatch(f"label column {label_column!r} is also listed as a feature")
@@ -296,11 +402,20 @@ class ExecutionService:
                 "Pass 'feature_columns' without them"
             )
 
+        nulls = _null_counts(dataset)
+        with_nulls = [f"{c} ({nulls[c]} nulls)" for c in features if nulls.get(c)]
+        if with_nulls:
+            raise SchemaMismatch(
+                f"feature columns contain null values, which the model would see as NaN: "
+                f"{_names(with_nulls)}. Fill or drop those rows, or leave the columns out "
+                "with 'feature_columns'"
+            )
+
         width = signature.get("n_features")
         if isinstance(width, int) and width != len(features):
             raise SchemaMismatch(
                 f"model {model['name']!r} expects {width} features but {len(features)} columns "
-                f"were selected: {features[:10]}{'...' if len(features) > 10 else ''}. "
+                f"were selected: {_names(features)}. "
                 "Pass 'feature_columns' (and 'label_column') to choose them"
             )
 
@@ -310,7 +425,7 @@ class ExecutionService:
         doc = await self.catalog.get("executions", execution_id)
         if doc is None:
             raise NotFound("execution", execution_id, "list_executions shows the executions")
-        return doc
+        return await self._settle_abandoned(doc)
 
     async def list_executions(
         self, *, deployment: str | None, status: str | None, limit: int, cursor: str | None
@@ -320,9 +435,11 @@ class ExecutionService:
             filters["deployment_id"] = (await self.get_deployment(deployment))["id"]
         if status:
             filters["status"] = status
-        return await self.catalog.find(
+        page = await self.catalog.find(
             "executions", filters, limit=limit, cursor=cursor, newest_first=True
         )
+        page.items = [await self._settle_abandoned(doc) for doc in page.items]
+        return page
 
     def start_in_background(self, execution_id: str) -> None:
         """Run a queued execution in this server's task group and return at once."""
@@ -363,8 +480,17 @@ class ExecutionService:
             scope.cancel()
             with anyio.move_on_after(30):
                 await finished.wait()
+            return await self.get_execution(execution_id)
 
-        return await self.get_execution(execution_id)
+        # Another server process runs it and checks the request about once a
+        # second, so wait a little for it to stop.
+        for _ in range(50):
+            doc = await self.get_execution(execution_id)
+            if doc["status"] in TERMINAL_STATUSES:
+                break
+            await anyio.sleep(0.2)
+
+        return doc
 
     async def run(self, execution_id: str, progress: ProgressCallback) -> dict[str, Any]:
         """Claim a queued execution, run it and record the outcome.
@@ -376,7 +502,7 @@ class ExecutionService:
         claimed = await self.catalog.update(
             "executions",
             execution_id,
-            {"status": "running", "started_at": utc_now()},
+            {"status": "running", "started_at": utc_now(), "owner": self._owner},
             expected={"status": "queued"},
         )
         if claimed is None:
@@ -432,7 +558,12 @@ class ExecutionService:
         if dataset is None or dataset["sha256"] != doc["dataset_sha256"]:
             raise ExecutionFailed(f"dataset {doc['dataset_name']!r} was deleted or replaced")
         dataset_path = await self.platform.artifacts.fetch(dataset["artifact_key"])
-        output_path = Path(tempfile.mkstemp(dir=self.platform.scratch_dir, suffix=".parquet")[1])
+        # The pid in the name lets a later server remove the file if this one dies.
+        output_path = Path(
+            tempfile.mkstemp(
+                dir=self.platform.scratch_dir, prefix=f"run-{os.getpid()}-", suffix=".parquet"
+            )[1]
+        )
         try:
             if doc["engine"] == "groq":
                 from mlhub_mcp.execution._groq import run_llm
@@ -561,7 +692,7 @@ class ExecutionService:
             changes["predictions_key"] = stored.key
 
         confusion = (metrics or {}).get("confusion_matrix")
-        if confusion:
+        if confusion and len(confusion["labels"]) <= MAX_PLOT_CLASSES:
             title = f"{doc['model_name']} v{doc['model_version']} on {doc['dataset_name']}"
             png = await anyio.to_thread.run_sync(confusion_matrix_png, confusion, title)
             plot = await self.platform.artifacts.put_bytes(png, self.platform.scratch_dir)

@@ -257,7 +257,7 @@ async def get_execution(
     execution_id: Annotated[str, Field(description="Execution id")],
     include_plot: Annotated[
         bool, Field(description="Attach the confusion-matrix image when there is one")
-    ] = True,
+    ] = False,
 ) -> Annotated[CallToolResult, ExecutionInfo]:
     """Return an execution's status, timings, row counts, error and metrics."""
     service = _service(ctx)
@@ -271,13 +271,22 @@ async def list_executions(
     limit: Annotated[int, Field(ge=1, le=500, description="Page size")] = 50,
     cursor: Annotated[str | None, Field(description="next_cursor of the previous page")] = None,
 ) -> ExecutionList:
-    """List executions, newest first."""
+    """List executions, newest first, without their confusion matrices (see get_execution)."""
     service = _service(ctx)
     page = await service.list_executions(
         deployment=deployment, status=status, limit=limit, cursor=cursor
     )
-    items = [await _execution_info(service, d) for d in page.items]
+    items = [await _execution_info(service, _without_matrix(d)) for d in page.items]
     return ExecutionList(executions=items, next_cursor=page.next_cursor)
+
+
+def _without_matrix(doc: dict[str, Any]) -> dict[str, Any]:
+    """Drop the confusion matrix from a listed execution; get_execution returns it."""
+    metrics = doc.get("metrics")
+    if not metrics or "confusion_matrix" not in metrics:
+        return doc
+    trimmed = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+    return {**doc, "metrics": trimmed}
 
 
 async def cancel_execution(
@@ -352,7 +361,9 @@ def create_execution_server(settings: Settings | None = None) -> MCPServer:
     @asynccontextmanager
     async def setup(platform: Platform) -> AsyncIterator[ExecutionService]:
         async with anyio.create_task_group() as task_group:
-            yield ExecutionService(platform, task_group)
+            service = ExecutionService(platform, task_group)
+            await service.recover()
+            yield service
             task_group.cancel_scope.cancel()
 
     server = PlatformServer(

@@ -203,6 +203,12 @@ class OnnxPredictor:
         self.input_dtype = _ONNX_DTYPES.get(inputs[0].type, np.float32)
 
         outputs = self.session.get_outputs()
+        first_shape = outputs[0].shape
+        if len(first_shape) == 2 and isinstance(first_shape[1], int) and first_shape[1] > 1:
+            raise InvalidModelFile(
+                f"the model's output {outputs[0].name!r} has {first_shape[1]} values per row; "
+                "only models with one prediction per row can run on tables"
+            )
         self.output_names = [o.name for o in outputs]
         self._probability_index = None
         if len(outputs) >= 2 and outputs[1].type == "tensor(float)":
