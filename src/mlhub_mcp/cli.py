@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 
@@ -31,15 +32,46 @@ def _add_transport_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="TCP port for http/sse")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _config_file(text: str) -> str:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"configuration file {text!r} does not exist")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"configuration file {text!r} is not a file")
+
+    return text
+
+
+def _log_level(text: str) -> str:
+    # argparse also converts a string default, so an invalid $MLHUB_LOG_LEVEL
+    # is reported here as well.
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"invalid log level {text!r}; set --log-level or $MLHUB_LOG_LEVEL to one of "
+            f"{', '.join(LOG_LEVELS)} (any case)"
+        )
+
+    return level
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlhub", description=__doc__)
     parser.add_argument(
-        "--config", help=f"path of hub_config.toml (default: ${CONFIG_ENV} or ./hub_config.toml)"
+        "--config",
+        type=_config_file,
+        help=f"path of hub_config.toml (default: ${CONFIG_ENV} or ./hub_config.toml)",
     )
     parser.add_argument(
         "--log-level",
+        type=_log_level,
         default=os.environ.get("MLHUB_LOG_LEVEL", "INFO"),
-        help="log level on stderr (default: $MLHUB_LOG_LEVEL or INFO)",
+        metavar="LEVEL",
+        help=f"log level on stderr, one of {', '.join(LOG_LEVELS)} "
+        "(default: $MLHUB_LOG_LEVEL or INFO)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
