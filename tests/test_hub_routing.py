@@ -63,3 +63,21 @@ def test_failed_servers_are_left_out(settings: Settings) -> None:
 )
 def test_template_pattern(template: str, uri: str, matches: bool) -> None:
     assert bool(template_pattern(template).match(uri)) is matches
+
+
+@pytest.mark.anyio
+async def test_tool_of_restarting_server_is_named(settings: Settings) -> None:
+    from mlhub_mcp.hub._hub import Hub
+
+    server = _ready(settings, "execution", "", ["get_execution"])
+    server.state = ServerState.STARTING
+    hub = Hub(settings=settings, downstreams=[server])
+    hub.rebuild_routes()
+
+    result = await hub.call("get_execution", {"execution_id": "x"})
+    other = await hub.call("no_such_tool", {})
+
+    text = result.content[0].text
+    assert result.is_error
+    assert "belongs to server 'execution', which is starting" in text
+    assert "servers not ready: ['execution']" in other.content[0].text

@@ -94,7 +94,7 @@ class Hub:
             if local is not None:
                 result = await self._call_local(local, arguments, progress)
             elif route is None:
-                result = error_result(f"Unknown tool: {name}")
+                result = error_result(self._unknown_tool_message(name))
             else:
                 server, tool = route
                 result = await self._call_downstream(server, tool.name, arguments, progress, record)
@@ -193,6 +193,24 @@ class Hub:
                 return await client.get_prompt(prompt.name, arguments)
 
             return await _request(server, "prompt", prompt.name, render)
+
+    def _unknown_tool_message(self, name: str) -> str:
+        # A server that is restarting has left the routes, but its last
+        # listing still tells which tools it serves.
+        for server in self.downstreams:
+            if server.state is ServerState.READY:
+                continue
+            if any(f"{server.prefix}{tool.name}" == name for tool in server.tools):
+                reason = server.error or "it is restarting"
+                return (
+                    f"tool {name!r} belongs to server {server.name!r}, which is "
+                    f"{server.state} ({reason}); retry in a moment or check hub_status"
+                )
+
+        down = [s.name for s in self.downstreams if s.state is not ServerState.READY]
+        if down:
+            return f"Unknown tool: {name} (servers not ready: {down}; see hub_status)"
+        return f"Unknown tool: {name}"
 
     def status(self) -> dict[str, Any]:
         """Describe the downstream servers and the audit trail for hub_status."""
