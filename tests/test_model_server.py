@@ -5,6 +5,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client, MCPError
 
@@ -48,6 +49,29 @@ async def test_same_name_creates_next_version(
     assert [m["version"] for m in versions.structured_content["models"]] == [1, 2, 3]
     assert latest.structured_content["version"] == 3
     assert second.structured_content["version"] == 2
+
+
+async def test_concurrent_registrations_get_unique_versions(
+    settings: Settings, staged_digits: dict[str, Path]
+) -> None:
+    """Registrations of one name race for version numbers; every one must succeed."""
+    count = 16
+    results: list[Any] = []
+
+    async def register() -> None:
+        result = await client.call_tool("register_model", {"name": "race", "path": "digits.onnx"})
+        results.append(result)
+
+    async with Client(create_model_server(settings)) as client:
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as group:
+                for _ in range(count):
+                    group.start_soon(register)
+
+    errors = [_text(r) for r in results if r.is_error]
+    versions = sorted(r.structured_content["version"] for r in results if not r.is_error)
+    assert errors == []
+    assert versions == list(range(1, count + 1))
 
 
 async def test_inline_base64_registration(

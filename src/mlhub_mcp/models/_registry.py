@@ -1,8 +1,10 @@
 """Model registry: versions of model files and hosted LLMs in the catalog."""
 
 import logging
+import random
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from mlhub_mcp.catalog import Page
@@ -14,7 +16,11 @@ from mlhub_mcp.platform import Platform
 
 logger = logging.getLogger(__name__)
 
-_VERSION_RETRIES = 5
+# Registrations of one name race for the next version number, and each round
+# of the race has one winner, so a loser may need as many tries as there are
+# concurrent registrations. The random pause spreads the retries apart.
+_VERSION_TRIES = 50
+_RETRY_PAUSE_SECONDS = 0.02
 
 
 class ModelRegistry:
@@ -29,16 +35,28 @@ class ModelRegistry:
         return max(versions, default=0) + 1
 
     async def _insert_next_version(self, doc: dict[str, Any]) -> dict[str, Any]:
-        # Two registrations of one name may race for a version number; the
-        # unique (name, version) index lets exactly one win, and the other retries.
-        for _ in range(_VERSION_RETRIES):
+        # The unique (name, version) index lets exactly one of two racing
+        # registrations insert a version number, and the other tries the next one.
+        for attempt in range(1, _VERSION_TRIES + 1):
             doc["version"] = await self._next_version(doc["name"])
             try:
                 return await self.catalog.insert("models", doc)
             except Conflict:
-                continue
+                logger.debug(
+                    "model %s version %s was taken meanwhile (try %s of %s)",
+                    doc["name"],
+                    doc["version"],
+                    attempt,
+                    _VERSION_TRIES,
+                )
 
-        raise Conflict(f"could not allocate a version for model {doc['name']!r}; try again")
+            await anyio.sleep(random.uniform(0, _RETRY_PAUSE_SECONDS))
+
+        raise Conflict(
+            f"could not allocate a version for model {doc['name']!r} after {_VERSION_TRIES} "
+            "tries, because other registrations of this name kept taking the next number; "
+            "try again"
+        )
 
     async def register_file(
         self,
