@@ -87,7 +87,11 @@ async def run_flow(home: Path, model_path: Path, dataset_path: Path) -> dict[str
 
     async with Client(hub, mode="legacy", read_timeout_seconds=600) as client:
         tools = await client.list_tools()
-        print(f"hub started: {len(tools.tools)} tools from the model, data and execution servers")
+        own = [t for t in tools.tools if t.name.startswith(("hub_", "workflow_", "get_audit"))]
+        print(
+            f"hub started: {len(tools.tools) - len(own)} tools from the model, data and "
+            f"execution servers, {len(own)} of its own"
+        )
         await _remove_previous_run(client)
 
         model = _check(
