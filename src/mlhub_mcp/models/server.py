@@ -53,6 +53,13 @@ class ModelList(BaseModel):
     next_cursor: str | None = Field(description="pass as 'cursor' to get the next page")
 
 
+class SweepResult(BaseModel):
+    """Stored files that no catalog entry refers to."""
+
+    removed: bool = Field(description="true when the files were deleted")
+    keys: list[str] = Field(description="artifact keys of the orphan files")
+
+
 class DeletedModels(BaseModel):
     """Versions removed by a delete."""
 
@@ -187,6 +194,24 @@ async def delete_model(
     return DeletedModels(name=name, deleted_versions=[d["version"] for d in docs])
 
 
+async def sweep_artifacts(
+    ctx: Context,
+    remove: Annotated[
+        bool, Field(description="Delete the orphan files; false only lists them")
+    ] = False,
+) -> SweepResult:
+    """Find stored files (models, datasets, predictions, plots) that no catalog entry uses.
+
+    Such orphans are left when a process dies between storing a file and
+    recording it. Listing is safe at any time; remove while no registration
+    is running, since a file being registered looks orphaned for a moment.
+    """
+    from mlhub_mcp.sweep import sweep_orphans
+
+    keys = await sweep_orphans(_registry(ctx).platform, remove)
+    return SweepResult(removed=remove, keys=keys)
+
+
 def _model_card(doc: dict[str, Any]) -> str:
     lines = [
         f"# {doc['name']} (version {doc['version']})",
@@ -271,6 +296,7 @@ def create_model_server(settings: Settings | None = None) -> MCPServer:
     server.tool(title="Get model", annotations=READ_ONLY)(get_model)
     server.tool(title="List model versions", annotations=READ_ONLY)(list_model_versions)
     server.tool(title="Delete model", annotations=DESTRUCTIVE)(delete_model)
+    server.tool(title="Sweep orphan files", annotations=DESTRUCTIVE)(sweep_artifacts)
 
     server.resource("models://{name}", mime_type="application/json")(model_metadata)
     server.resource("models://{name}/versions/{version}", mime_type="application/json")(
