@@ -107,6 +107,17 @@ async def test_list_filters_and_paginates(
     assert [m["name"] for m in only_b.structured_content["models"]] == ["b"]
 
 
+async def test_list_rejects_invalid_cursor(
+    settings: Settings, staged_digits: dict[str, Path]
+) -> None:
+    async with Client(create_model_server(settings)) as client:
+        await client.call_tool("register_model", {"name": "a", "path": "digits.onnx"})
+        result = await client.call_tool("list_models", {"cursor": "garbage"})
+
+    assert result.is_error
+    assert "invalid cursor 'garbage': pass the next_cursor of the previous page" in _text(result)
+
+
 async def test_delete_removes_versions_and_file(
     settings: Settings, staged_digits: dict[str, Path]
 ) -> None:

@@ -7,15 +7,20 @@ import anyio
 import pytest
 
 from mlhub_mcp.catalog import Catalog
-from mlhub_mcp.errors import Conflict
+from mlhub_mcp.errors import Conflict, InvalidInput
 
 pytestmark = pytest.mark.anyio
+
+
+def model_id(index: int) -> str:
+    """Return an id in the catalog's format (24 hex digits) that sorts by ``index``."""
+    return f"{index:024x}"
 
 
 def model(index: int, **fields: Any) -> dict[str, Any]:
     """Return a model entry whose id sorts by ``index``."""
     return {
-        "id": f"m{index:04d}",
+        "id": model_id(index),
         "name": f"model-{index}",
         "version": 1,
         "artifact_key": None,
@@ -36,7 +41,7 @@ async def test_insert_then_get(catalog: Catalog) -> None:
     entry = model(1, tags=["a", "b"], metrics={"accuracy": 0.9})
 
     returned = await catalog.insert("models", entry)
-    stored = await catalog.get("models", "m0001")
+    stored = await catalog.get("models", model_id(1))
 
     assert returned == entry
     assert stored == entry
@@ -52,9 +57,24 @@ async def test_duplicate_unique_key_conflicts(catalog: Catalog) -> None:
     with pytest.raises(Conflict) as caught:
         await catalog.insert("models", model(2, name="iris", version=3))
 
-    assert "name='iris'" in str(caught.value)
-    assert "version=3" in str(caught.value)
+    assert str(caught.value) == "model 'iris' version 3 already exists"
     assert await catalog.count("models") == 1
+
+
+@pytest.mark.parametrize(
+    ("collection", "message"),
+    [
+        ("datasets", "dataset 'digits' already exists"),
+        ("deployments", "deployment 'digits' already exists"),
+    ],
+)
+async def test_duplicate_name_message(catalog: Catalog, collection: str, message: str) -> None:
+    await catalog.insert(collection, {"id": model_id(1), "name": "digits"})
+
+    with pytest.raises(Conflict) as caught:
+        await catalog.insert(collection, {"id": model_id(2), "name": "digits"})
+
+    assert str(caught.value) == message
 
 
 async def test_same_name_other_version_is_allowed(catalog: Catalog) -> None:
@@ -67,24 +87,25 @@ async def test_same_name_other_version_is_allowed(catalog: Catalog) -> None:
 async def test_duplicate_id_conflicts(catalog: Catalog) -> None:
     await catalog.insert("datasets", {"id": "d1", "name": "digits"})
 
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict) as caught:
         await catalog.insert("datasets", {"id": "d1", "name": "other"})
 
     stored = await catalog.get("datasets", "d1")
+    assert str(caught.value) == "dataset with id 'd1' already exists"
     assert stored is not None
     assert stored["name"] == "digits"
 
 
 async def test_filters_match_equal_values(catalog: Catalog) -> None:
     await insert_models(catalog, 6)
-    await catalog.update("models", "m0002", {"artifact_key": "sha256/" + "a" * 64})
+    await catalog.update("models", model_id(2), {"artifact_key": "sha256/" + "a" * 64})
 
     by_name = await catalog.find("models", {"name": "model-3"})
     by_key = await catalog.find("models", {"artifact_key": "sha256/" + "a" * 64})
     by_two = await catalog.find("models", {"name": "model-3", "version": 2})
 
-    assert [e["id"] for e in by_name.items] == ["m0003"]
-    assert [e["id"] for e in by_key.items] == ["m0002"]
+    assert [e["id"] for e in by_name.items] == [model_id(3)]
+    assert [e["id"] for e in by_key.items] == [model_id(2)]
     assert by_two.items == []
 
 
@@ -94,7 +115,7 @@ async def test_list_filter_matches_any_item(catalog: Catalog) -> None:
     page = await catalog.find("models", {"name": ["model-1", "model-4", "model-9"]})
     empty = await catalog.find("models", {"name": []})
 
-    assert [e["id"] for e in page.items] == ["m0001", "m0004"]
+    assert [e["id"] for e in page.items] == [model_id(1), model_id(4)]
     assert empty.items == []
     assert await catalog.count("models", {"name": []}) == 0
 
@@ -164,9 +185,20 @@ async def test_pagination_with_filter(catalog: Catalog) -> None:
     first = await catalog.find("models", {"name": names}, limit=3)
     second = await catalog.find("models", {"name": names}, limit=3, cursor=first.next_cursor)
 
-    assert [e["id"] for e in first.items] == ["m0000", "m0002", "m0004"]
-    assert [e["id"] for e in second.items] == ["m0006", "m0008"]
+    assert [e["id"] for e in first.items] == [model_id(0), model_id(2), model_id(4)]
+    assert [e["id"] for e in second.items] == [model_id(6), model_id(8)]
     assert second.next_cursor is None
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "M" * 24, "0" * 23, "0" * 25, "0" * 23 + "\n"])
+async def test_invalid_cursor_is_rejected(catalog: Catalog, cursor: str) -> None:
+    await insert_models(catalog, 3)
+
+    with pytest.raises(InvalidInput) as caught:
+        await catalog.find("models", limit=2, cursor=cursor)
+
+    assert f"invalid cursor {cursor!r}" in str(caught.value)
+    assert "pass the next_cursor of the previous page" in str(caught.value)
 
 
 async def test_exact_page_has_no_next_cursor(catalog: Catalog) -> None:
@@ -185,9 +217,9 @@ async def test_find_all_and_find_one(catalog: Catalog) -> None:
     found = await catalog.find_one("models", {"name": "model-5"})
     missing = await catalog.find_one("models", {"name": "absent"})
 
-    assert [e["id"] for e in everything] == [f"m{i:04d}" for i in range(7)]
+    assert [e["id"] for e in everything] == [model_id(i) for i in range(7)]
     assert found is not None
-    assert found["id"] == "m0005"
+    assert found["id"] == model_id(5)
     assert missing is None
 
 
@@ -216,18 +248,18 @@ async def test_update_sets_fields(catalog: Catalog) -> None:
 async def test_update_onto_taken_unique_key(catalog: Catalog) -> None:
     """An update cannot give an entry another entry's unique key.
 
-    NOTE: the embedded catalog raises sqlite3.IntegrityError here, not Conflict.
-    nx-27017 0.8.1 returns no document for such a findAndModify instead of
-    error code 11000, so the MongoDB catalog returns None against it. A real
-    MongoDB reports code 11000, which the catalog turns into Conflict; that
-    path is not run here.
+    The embedded catalog raises Conflict. NOTE: nx-27017 0.8.1 returns no
+    document for such a findAndModify instead of error code 11000, so the
+    MongoDB catalog returns None against it. A real MongoDB reports code
+    11000, which the catalog turns into Conflict; that path is not run here.
     """
     await catalog.insert("datasets", {"id": "d1", "name": "digits"})
     await catalog.insert("datasets", {"id": "d2", "name": "iris"})
 
     try:
         result = await catalog.update("datasets", "d2", {"name": "digits"})
-    except (Conflict, sqlite3.IntegrityError):
+    except Conflict as exc:
+        assert str(exc) == "dataset 'digits' already exists"
         result = None
 
     stored = await catalog.get("datasets", "d2")
@@ -282,12 +314,12 @@ async def test_concurrent_claims_have_one_winner(catalog: Catalog) -> None:
 async def test_delete_removes_entry(catalog: Catalog) -> None:
     await insert_models(catalog, 2)
 
-    first = await catalog.delete("models", "m0000")
-    again = await catalog.delete("models", "m0000")
+    first = await catalog.delete("models", model_id(0))
+    again = await catalog.delete("models", model_id(0))
 
     assert first is True
     assert again is False
-    assert await catalog.get("models", "m0000") is None
+    assert await catalog.get("models", model_id(0)) is None
     assert await catalog.count("models") == 1
 
 

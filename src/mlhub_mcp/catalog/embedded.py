@@ -5,6 +5,7 @@ busy timeout so that the three servers can read and write the same file.
 """
 
 import json
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -21,9 +22,55 @@ from mlhub_mcp.catalog._base import (
     Page,
     check_collection,
 )
-from mlhub_mcp.errors import BackendUnavailable, Conflict
+from mlhub_mcp.errors import BackendUnavailable, Conflict, InvalidInput
 
 _FIELD_OK = frozenset("abcdefghijklmnopqrstuvwxyz_0123456789")
+
+# Entry ids, and so cursors, are 24 lowercase hex digits (mlhub_mcp.ids.new_id).
+_CURSOR = re.compile(r"[0-9a-f]{24}")
+
+# The name of one entry of each collection, for messages.
+_ENTRY_NAMES = {
+    "models": "model",
+    "datasets": "dataset",
+    "deployments": "deployment",
+    "executions": "execution",
+    "audit": "audit entry",
+}
+
+
+def check_cursor(cursor: str) -> None:
+    """Reject a listing cursor that is not in the format of an entry id.
+
+    Raises:
+        InvalidInput: ``cursor`` is not an entry id.
+    """
+    if not _CURSOR.fullmatch(cursor):
+        raise InvalidInput(
+            f"invalid cursor {cursor[:100]!r}: pass the next_cursor of the previous page"
+        )
+
+
+def conflict_message(collection: str, key: dict[str, Any]) -> str:
+    """Return the message for an entry whose unique ``key`` fields, or ``id``, are taken."""
+    entry = _ENTRY_NAMES.get(collection, collection)
+    if "name" not in key:
+        return f"{entry} with id {key.get('id')!r} already exists"
+
+    if "version" in key:
+        return f"{entry} {key['name']!r} version {key['version']} already exists"
+
+    return f"{entry} {key['name']!r} already exists"
+
+
+def _integrity_message(collection: str, doc: dict[str, Any], exc: sqlite3.IntegrityError) -> str:
+    # SQLite names the column of a primary key ("models.id") and the index
+    # of an expression index ("index 'models_unique'") in its message.
+    if f"{collection}.id" in str(exc):
+        return conflict_message(collection, {"id": doc.get("id")})
+
+    keys = UNIQUE_KEYS.get(collection, ())
+    return conflict_message(collection, {k: doc.get(k) for k in keys})
 
 
 def _field_expr(name: str) -> str:
@@ -105,9 +152,7 @@ class EmbeddedCatalog(Catalog):
                     (doc["id"], json.dumps(doc)),
                 )
             except sqlite3.IntegrityError as exc:
-                keys = UNIQUE_KEYS.get(collection, ("id",))
-                values = ", ".join(f"{k}={doc.get(k)!r}" for k in keys)
-                raise Conflict(f"{collection} already has an entry with {values}") from exc
+                raise Conflict(_integrity_message(collection, doc, exc)) from exc
 
         await self._run(insert)
         return doc
@@ -137,6 +182,7 @@ class EmbeddedCatalog(Catalog):
             raise ValueError(f"limit must be at least 1, got {limit}")
         where, params = _where(filters)
         if cursor:
+            check_cursor(cursor)
             where += " AND id < ?" if newest_first else " AND id > ?"
             params.append(cursor)
         order = "DESC" if newest_first else "ASC"
@@ -195,9 +241,7 @@ class EmbeddedCatalog(Catalog):
                         (json.dumps(doc), entry_id),
                     )
                 except sqlite3.IntegrityError as exc:
-                    keys = UNIQUE_KEYS.get(collection, ("id",))
-                    values = ", ".join(f"{k}={doc.get(k)!r}" for k in keys)
-                    raise Conflict(f"{collection} already has an entry with {values}") from exc
+                    raise Conflict(_integrity_message(collection, doc, exc)) from exc
                 self._conn.execute("COMMIT")
                 return doc
             except BaseException:

@@ -27,6 +27,7 @@ from mlhub_mcp.catalog._base import (
     Page,
     check_collection,
 )
+from mlhub_mcp.catalog.embedded import check_cursor, conflict_message
 from mlhub_mcp.errors import BackendUnavailable, ConfigurationError, Conflict
 
 logger = logging.getLogger(__name__)
@@ -182,8 +183,8 @@ def _conflict_message(collection: str, doc: dict[str, Any], exc: DuplicateKeyErr
             keys = UNIQUE_KEYS.get(collection, ("_id",))
         key_values = {key: doc[key] for key in keys if key in doc}
 
-    values = ", ".join(f"{'id' if k == '_id' else k}={v!r}" for k, v in key_values.items())
-    return f"{collection} already has an entry with {values}"
+    key = {"id" if name == "_id" else name: value for name, value in key_values.items()}
+    return conflict_message(collection, key)
 
 
 def _uri_passwords(uri: str) -> list[str]:
@@ -346,6 +347,7 @@ class MongoCatalog(Catalog):
 
         query = _match(filters)
         if cursor:
+            check_cursor(cursor)
             bound = "$lt" if newest_first else "$gt"
             query = _and(query, {"_id": {bound: cursor}})
 
