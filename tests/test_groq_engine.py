@@ -23,11 +23,11 @@ from mlhub_mcp.datasets.server import create_data_server
 from mlhub_mcp.errors import ConfigurationError, InvalidInput, SchemaMismatch
 from mlhub_mcp.execution._groq import (
     RowResult,
-    llm_metrics,
     render_prompt,
     validate_llm_parameters,
 )
 from mlhub_mcp.execution._groq_tools import register_llm_tools
+from mlhub_mcp.execution._llm_metrics import llm_metrics
 from mlhub_mcp.execution.server import create_execution_server
 from mlhub_mcp.models.server import create_model_server
 from tests.groq_stub import Action, Answer, Call, GroqStub, Hang, Malformed, Status, count_tokens

@@ -22,6 +22,7 @@ from mlhub_mcp.errors import (
     NotFound,
     SchemaMismatch,
 )
+from mlhub_mcp.execution._checks import check_label, format_names, select_features
 from mlhub_mcp.execution._local import BatchRunner, CancelRequested, RunOutput, RunSpec
 from mlhub_mcp.execution._metrics import (
     MAX_PLOT_CLASSES,
@@ -59,21 +60,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _names(names: list[str], shown: int = 10) -> str:
-    """Format a list of column names for a message, shortening long lists."""
-    if len(names) <= shown:
-        return str(names)
-    return f"{names[:shown]} and {len(names) - shown} more"
-
-
-def _null_counts(dataset: dict[str, Any]) -> dict[str, int]:
-    return {c["name"]: int(c.get("null_count") or 0) for c in dataset.get("columns", [])}
-
-
-def _is_numeric(type_name: str) -> bool:
-    return type_name.startswith(("int", "uint", "float", "double", "bool", "decimal", "halffloat"))
 
 
 class ExecutionService:
@@ -294,14 +280,14 @@ class ExecutionService:
         if label_column is not None and label_column not in columns:
             raise SchemaMismatch(
                 f"label column {label_column!r} is not in dataset {dataset_name!r}; "
-                f"its columns: {_names(list(columns))}"
+                f"its columns: {format_names(list(columns))}"
             )
         if feature_columns is not None and not feature_columns:
             raise InvalidInput(
                 "'feature_columns' is empty; omit it to use every column but the label"
             )
         if label_column is not None and run_engine != "groq":
-            self._check_label(model, dataset, columns, label_column)
+            check_label(model, dataset, columns, label_column)
 
         parameters: dict[str, Any] = {
             "batch_size": batch_size or deployment["batch_size"],
@@ -314,9 +300,7 @@ class ExecutionService:
             parameters["feature_columns"] = []
         else:
             if dataset.get("kind", "table") == "table":
-                features = self._feature_columns(
-                    model, dataset, columns, feature_columns, label_column
-                )
+                features = select_features(model, dataset, columns, feature_columns, label_column)
             else:
                 features = []
             parameters["feature_columns"] = features
@@ -350,76 +334,6 @@ class ExecutionService:
         }
         await self.catalog.insert("executions", doc)
         return doc
-
-    def _check_label(
-        self,
-        model: dict[str, Any],
-        dataset: dict[str, Any],
-        columns: dict[str, str],
-        label_column: str,
-    ) -> None:
-        nulls = _null_counts(dataset).get(label_column, 0)
-        if nulls:
-            raise SchemaMismatch(
-                f"label column {label_column!r} of dataset {dataset['name']!r} has {nulls} "
-                "null values; remove those rows or choose another label column"
-            )
-        if model["task_type"] == "regression" and not _is_numeric(columns[label_column]):
-            raise SchemaMismatch(
-                f"model {model['name']!r} is a regression model but label column "
-                f"{label_column!r} is {columns[label_column]}; a regression label must be numeric"
-            )
-
-    def _feature_columns(
-        self,
-        model: dict[str, Any],
-        dataset: dict[str, Any],
-        columns: dict[str, str],
-        requested: list[str] | None,
-        label_column: str | None,
-    ) -> list[str]:
-        signature = model.get("signature") or {}
-        if requested is not None:
-            features = list(requested)
-        elif signature.get("feature_names"):
-            features = list(signature["feature_names"])
-        else:
-            features = [name for name in columns if name != label_column]
-
-        missing = [c for c in features if c not in columns]
-        if missing:
-            raise SchemaMismatch(
-                f"dataset {dataset['name']!r} lacks feature columns {_names(missing)}; "
-                f"its columns: {_names(list(columns))}"
-            )
-        if label_column in features:
-            raise SchemaMismatch(f"label column {label_column!r} is also listed as a feature")
-
-        not_numeric = [f"{c} ({columns[c]})" for c in features if not _is_numeric(columns[c])]
-        if not_numeric:
-            raise SchemaMismatch(
-                f"feature columns must be numeric; these are not: {not_numeric}. "
-                "Pass 'feature_columns' without them"
-            )
-
-        nulls = _null_counts(dataset)
-        with_nulls = [f"{c} ({nulls[c]} nulls)" for c in features if nulls.get(c)]
-        if with_nulls:
-            raise SchemaMismatch(
-                f"feature columns contain null values, which the model would see as NaN: "
-                f"{_names(with_nulls)}. Fill or drop those rows, or leave the columns out "
-                "with 'feature_columns'"
-            )
-
-        width = signature.get("n_features")
-        if isinstance(width, int) and width != len(features):
-            raise SchemaMismatch(
-                f"model {model['name']!r} expects {width} features but {len(features)} columns "
-                f"were selected: {_names(features)}. "
-                "Pass 'feature_columns' (and 'label_column') to choose them"
-            )
-
-        return features
 
     async def get_execution(self, execution_id: str) -> dict[str, Any]:
         doc = await self.catalog.get("executions", execution_id)
