@@ -165,6 +165,36 @@ async def test_unknown_resource_and_prompt_are_invalid_params(settings: Settings
     assert prompt_error.value.code == -32602
 
 
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ({}, "missing required arguments ['name']"),
+        ({"name": "digits", "colour": "red"}, "unknown arguments ['colour']"),
+    ],
+)
+async def test_bad_prompt_arguments_are_invalid_params(
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+    arguments: dict[str, str],
+    problem: str,
+) -> None:
+    async with Client(create_model_server(settings)) as client:
+        with pytest.raises(MCPError) as error:
+            await client.get_prompt("describe_model", arguments)
+
+    assert error.value.code == -32602
+    assert f"invalid arguments for prompt 'describe_model': {problem}" in error.value.message
+    assert "Expected arguments: name (required)" in error.value.message
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+async def test_prompt_with_its_arguments_renders(settings: Settings) -> None:
+    async with Client(create_model_server(settings)) as client:
+        prompt = await client.get_prompt("describe_model", {"name": "digits"})
+
+    assert "models://digits/card" in prompt.messages[0].content.text
+
+
 # Bad input: each case must leave the catalog and the artifact store unchanged.
 
 

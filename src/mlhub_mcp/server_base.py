@@ -35,15 +35,36 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 class PlatformServer(MCPServer):
-    """An MCPServer that reports unknown prompts as invalid parameters (-32602)."""
+    """An MCPServer that reports unknown prompts and bad prompt arguments as -32602."""
 
     async def get_prompt(
         self, name: str, arguments: dict[str, Any] | None = None, context: Any = None
     ) -> Any:
-        if self._prompt_manager.get_prompt(name) is None:
+        prompt = self._prompt_manager.get_prompt(name)
+        if prompt is None:
             known = sorted(p.name for p in self._prompt_manager.list_prompts())
             raise MCPError(
                 INVALID_PARAMS, f"unknown prompt {name!r}; known prompts: {known}", {"name": name}
+            )
+
+        # The SDK (mcp 2.3.0) reports a missing or unknown argument as an internal
+        # error (-32603) and logs a traceback, so the arguments are checked here.
+        declared = prompt.arguments or []
+        passed = set(arguments or {})
+        missing = sorted(a.name for a in declared if a.required and a.name not in passed)
+        unknown = sorted(passed - {a.name for a in declared})
+        if missing or unknown:
+            problems = []
+            if missing:
+                problems.append(f"missing required arguments {missing}")
+            if unknown:
+                problems.append(f"unknown arguments {unknown}")
+            expected = [f"{a.name} ({'required' if a.required else 'optional'})" for a in declared]
+            raise MCPError(
+                INVALID_PARAMS,
+                f"invalid arguments for prompt {name!r}: {', '.join(problems)}. "
+                f"Expected arguments: {', '.join(expected) or 'none'}",
+                {"name": name, "missing": missing, "unknown": unknown},
             )
 
         return await super().get_prompt(name, arguments, context)
