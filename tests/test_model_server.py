@@ -88,6 +88,23 @@ async def test_inline_base64_registration(
     assert result.structured_content["file_name"] == "m.onnx"
 
 
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+async def test_inline_base64_with_line_breaks(
+    settings: Settings, staged_digits: dict[str, Path], line_end: str
+) -> None:
+    """The base64 command wraps its output at 76 columns."""
+    content = base64.encodebytes(staged_digits["onnx"].read_bytes()).decode()
+    content = content.replace("\n", line_end)
+    async with Client(create_model_server(settings)) as client:
+        result = await client.call_tool(
+            "register_model",
+            {"name": "wrapped", "content_base64": content, "file_name": "m.onnx"},
+        )
+
+    assert not result.is_error, _text(result)
+    assert result.structured_content["size_bytes"] == staged_digits["onnx"].stat().st_size
+
+
 async def test_list_filters_and_paginates(
     settings: Settings, staged_digits: dict[str, Path]
 ) -> None:
@@ -272,9 +289,10 @@ async def test_inline_file_name_with_dotdot_is_rejected(
     assert "invalid file name" in message
 
 
-async def test_invalid_base64_is_rejected(settings: Settings) -> None:
+@pytest.mark.parametrize("content", ["not base64!!", "AAAA\nAA-_\n", "AAAA\x00AAAA"])
+async def test_invalid_base64_is_rejected(settings: Settings, content: str) -> None:
     message = await _rejected(
-        settings, {"name": "x", "content_base64": "not base64!!", "file_name": "m.onnx"}
+        settings, {"name": "x", "content_base64": content, "file_name": "m.onnx"}
     )
 
     assert "not valid base64" in message

@@ -19,6 +19,11 @@ from mlhub_mcp.paths import check_file_name, resolve_import_path
 
 logger = logging.getLogger(__name__)
 
+# Translation table that deletes the ASCII whitespace base64 encoders put
+# between lines (the GNU `base64` command wraps at 76 columns by default).
+# Other invalid characters are still rejected by the decoder.
+_STRIP_WHITESPACE = str.maketrans("", "", " \t\n\r\f\v")
+
 # Catalog fields that hold artifact keys, per collection.
 ARTIFACT_FIELDS = {
     "models": ("artifact_key",),
@@ -98,14 +103,15 @@ class Platform:
             raise InvalidInput("'file_name' is required with 'content_base64', e.g. 'model.onnx'")
         check_file_name(file_name)
 
+        content = content_base64.translate(_STRIP_WHITESPACE)
         limit = self.settings.max_inline_bytes
-        if len(content_base64) > limit * 4 // 3 + 4:
+        if len(content) > limit * 4 // 3 + 4:
             raise InvalidInput(
                 f"inline content is larger than {limit} bytes; copy the file into an import "
                 "directory and pass 'path' instead"
             )
         try:
-            data = base64.b64decode(content_base64, validate=True)
+            data = base64.b64decode(content, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput(f"'content_base64' is not valid base64: {exc}") from None
 
