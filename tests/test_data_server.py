@@ -12,6 +12,8 @@ from mcp import Client, MCPError
 
 from mlhub_mcp.config import Settings
 from mlhub_mcp.datasets.server import create_data_server
+from mlhub_mcp.ids import new_id
+from mlhub_mcp.platform import open_platform
 from tests.conftest import snapshot
 
 pytestmark = pytest.mark.anyio
@@ -115,6 +117,39 @@ async def test_delete_dataset_removes_file(
         await client.call_tool("delete_dataset", {"name": "digits"})
 
     assert await snapshot(settings) == before
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+async def test_dataset_in_use_cannot_be_deleted(
+    settings: Settings, staged_digits: dict[str, Path], status: str
+) -> None:
+    async with Client(create_data_server(settings)) as client:
+        registered = await client.call_tool(
+            "register_dataset", {"name": "digits", "path": "digits_test.csv"}
+        )
+    execution_id = new_id()
+    execution = {
+        "id": execution_id,
+        "dataset_id": registered.structured_content["id"],
+        "status": status,
+    }
+    async with open_platform(settings) as platform:
+        await platform.catalog.insert("executions", execution)
+    before = await snapshot(settings)
+
+    async with Client(create_data_server(settings)) as client:
+        refused = await client.call_tool("delete_dataset", {"name": "digits"})
+    after_refusal = await snapshot(settings)
+    async with open_platform(settings) as platform:
+        await platform.catalog.update("executions", execution_id, {"status": "succeeded"})
+    async with Client(create_data_server(settings)) as client:
+        deleted = await client.call_tool("delete_dataset", {"name": "digits"})
+
+    assert refused.is_error
+    assert f"used by execution {execution_id}, which is {status}" in _text(refused)
+    assert after_refusal == before
+    assert not deleted.is_error, _text(deleted)
+    assert (await snapshot(settings))["counts"]["datasets"] == 0
 
 
 async def test_unknown_dataset_resource_is_invalid_params(settings: Settings) -> None:

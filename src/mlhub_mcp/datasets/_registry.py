@@ -131,7 +131,24 @@ class DatasetRegistry:
         return await anyio.to_thread.run_sync(read_rows, path, rows, columns or None)
 
     async def delete(self, name: str) -> dict[str, Any]:
+        """Delete a dataset and its stored file unless an unfinished execution reads it.
+
+        Raises:
+            NotFound: No dataset has this name.
+            Conflict: An execution of the dataset is queued or running.
+        """
         doc = await self.get(name)
+        # NOTE: the check and the delete are two steps. An execution queued
+        # between them fails with "dataset ... was deleted or replaced".
+        active = await self.catalog.find_one(
+            "executions", {"dataset_id": doc["id"], "status": ["queued", "running"]}
+        )
+        if active is not None:
+            raise Conflict(
+                f"dataset {name!r} is used by execution {active['id']}, which is "
+                f"{active['status']}; cancel it or wait for it to finish"
+            )
+
         await self.catalog.delete("datasets", doc["id"])
         await self.platform.release_artifact(doc["artifact_key"])
         logger.info("deleted dataset %s", name)
