@@ -233,6 +233,46 @@ async def test_corrupt_onnx_is_rejected(settings: Settings, imports: Path) -> No
     assert "not a valid ONNX model" in message
 
 
+def _save_with_external_data(folder: Path) -> None:
+    """Save a one-layer ONNX model whose weights are in ext_weights.bin."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((4, 2), dtype=np.float32), name="weights")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "weights"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph)
+    onnx.save_model(
+        model,
+        str(folder / "ext.onnx"),
+        save_as_external_data=True,
+        location="ext_weights.bin",
+        size_threshold=0,
+    )
+
+
+@pytest.mark.parametrize("weights_present", [True, False])
+async def test_onnx_external_data_is_rejected(
+    settings: Settings, imports: Path, weights_present: bool
+) -> None:
+    """The check runs before any external file is opened, so a missing one changes nothing."""
+    _save_with_external_data(imports)
+    if not weights_present:
+        (imports / "ext_weights.bin").unlink()
+
+    message = await _rejected(settings, {"name": "ext", "path": "ext.onnx"})
+
+    assert "models with external data files are not supported" in message
+    assert "'ext_weights.bin'" in message
+    assert "save_as_external_data=False" in message
+
+
 async def test_untrusted_pickle_is_not_loaded(
     settings: Settings, imports: Path, digits_files: dict[str, Any]
 ) -> None:

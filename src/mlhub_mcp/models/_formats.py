@@ -5,7 +5,9 @@ when the caller marks the file as trusted.
 """
 
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,12 +87,64 @@ def _onnx_shape(value_info: Any) -> list[int | None]:
     return [d if isinstance(d, int) else None for d in value_info.shape]
 
 
+def _graph_tensors(graph: Any) -> Iterator[Any]:
+    """Yield the initializers of ``graph`` and the tensors in its nodes' attributes."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Any) -> Iterator[Any]:
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _graph_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _graph_tensors(subgraph)
+
+
+def _reject_external_data(proto: Any) -> None:
+    """Raise InvalidModelFile if a tensor of ``proto`` keeps its data in another file.
+
+    Only the model file is stored, so such a model is rejected before onnx or
+    onnxruntime could open the external files.
+    """
+    from onnx.external_data_helper import uses_external_data
+
+    tensors = chain(_graph_tensors(proto.graph), *(_node_tensors(f.node) for f in proto.functions))
+    locations = set()
+    for tensor in tensors:
+        if uses_external_data(tensor):
+            entries = {entry.key: entry.value for entry in tensor.external_data}
+            locations.add(entries.get("location", "")[:200])
+
+    if locations:
+        shown = sorted(locations)[:5]
+        raise InvalidModelFile(
+            f"ONNX models with external data files are not supported; this one keeps tensors "
+            f"in {shown}. Save the model as one file, which works up to 2 GB: "
+            "onnx.save_model(model, path, save_as_external_data=False)"
+        )
+
+
 def inspect_onnx(path: Path) -> ModelFileInfo:
     import onnx
     import onnxruntime as ort
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        # onnx raises many unrelated types for a damaged file.
+        raise InvalidModelFile(f"not a valid ONNX model: {type(exc).__name__}: {exc}") from exc
+
+    _reject_external_data(proto)
+    try:
         onnx.checker.check_model(proto)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
