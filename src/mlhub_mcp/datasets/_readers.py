@@ -4,6 +4,7 @@ A registered table is converted to Parquet batch by batch while its schema and
 per-column statistics are gathered, so a file is never held whole in memory.
 """
 
+import logging
 import math
 import re
 from collections import Counter
@@ -21,6 +22,8 @@ import pyarrow.parquet as pq
 
 from mlhub_mcp.errors import InvalidDatasetFile, InvalidInput
 
+logger = logging.getLogger(__name__)
+
 TABLE_FORMATS_BY_SUFFIX = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -32,6 +35,18 @@ TABLE_FORMATS_BY_SUFFIX = {
 }
 READ_BLOCK_BYTES = 4 * 1024 * 1024
 _TOP_VALUES_TRACKED = 10_000
+# The first block of a CSV file sets the column types. When a later value does
+# not fit, the file is read again with that column widened, at most this often.
+MAX_CSV_REREADS = 20
+# Bytes read from the start of a file to tell text from binary content.
+_SNIFF_BYTES = 64 * 1024
+# Maximum length of the part of a row, and of a pyarrow message, quoted in an error.
+_QUOTED_CHARS = 200
+_MESSAGE_CHARS = 500
+_CONVERSION_ERROR = re.compile(
+    r"In CSV column #(\d+): CSV conversion error to (\S+): invalid value '(.*)'\Z", re.DOTALL
+)
+_RAGGED_ROW_ERROR = re.compile(r"Expected (\d+) columns, got (\d+): (.*)\Z", re.DOTALL)
 
 
 def detect_table_format(file_name: str, declared: str | None) -> str:
@@ -81,6 +96,10 @@ class ColumnStats:
         self.count += len(column)
         self.null_count += column.null_count
         kind = column.type
+        if pa.types.is_nested(kind):
+            # value_counts has no kernel for list, struct or map columns.
+            return
+
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
             valid = pc.drop_null(column)
             if len(valid) == 0:
@@ -136,39 +155,151 @@ class IngestResult:
     statistics: dict[str, dict[str, Any]]
 
 
-def _column_name_in(message: str, schema: pa.Schema | None) -> str:
-    match = re.search(r"column #(\d+)", message)
-    if match and schema is not None and int(match.group(1)) < len(schema):
-        return f" (column {schema.names[int(match.group(1))]!r})"
-    return ""
+def _quote(text: str) -> str:
+    """Return ``text`` shortened and quoted, with control and binary characters escaped."""
+    if len(text) > _QUOTED_CHARS:
+        return f"{text[:_QUOTED_CHARS]!r}..."
+    return repr(text)
 
 
-def _csv_batches(path: Path, delimiter: str) -> Iterator[pa.RecordBatch]:
-    bad_rows: list[Any] = []
+def _arrow_message(exc: Exception, prefix: str) -> str:
+    """Return the message of a pyarrow error without ``prefix``, shortened and escaped."""
+    message = str(exc).removeprefix(prefix)
+    shown = message[:_MESSAGE_CHARS]
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    return escaped if len(message) <= _MESSAGE_CHARS else f"{escaped}..."
 
+
+def _check_text_file(path: Path, kind: str) -> bytes:
+    """Return the first bytes of ``path`` after rejecting Parquet or other binary content."""
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+
+    if head.startswith(b"PAR1"):
+        raise InvalidDatasetFile(
+            f"the file is a Parquet file, not {kind}; give it a .parquet name or pass "
+            "format='parquet'"
+        )
+
+    if b"\x00" in head:
+        raise InvalidDatasetFile(
+            f"the file is not {kind} text: it contains NUL bytes in its first "
+            f"{len(head)} bytes; check the file and the format"
+        )
+
+    return head
+
+
+def _long_line_error() -> InvalidDatasetFile:
+    block_mib = READ_BLOCK_BYTES // (1024 * 1024)
+    return InvalidDatasetFile(
+        f"a line of the file is longer than the reader's block size of {block_mib} MiB, so it "
+        "cannot be parsed; convert the file to Parquet (for example with pandas or pyarrow) "
+        "and register that, or shorten the long values"
+    )
+
+
+class _TypeChange(Exception):
+    """A CSV value does not fit the type inferred from the first block."""
+
+    def __init__(self, column: str, wider: pa.DataType, value: str) -> None:
+        super().__init__(column)
+        self.column = column
+        self.wider = wider
+        self.value = value
+
+
+@dataclass
+class _CsvOptions:
+    """Options for reading a CSV or TSV file, and the column names an earlier read found."""
+
+    delimiter: str
+    column_types: dict[str, pa.DataType] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+
+
+def _wider_type(target: str, value: str) -> pa.DataType | None:
+    """Return the type to read a column as when ``value`` failed to convert to ``target``."""
+    if target in ("string", "large_string"):
+        return None
+
+    if target.startswith(("int", "uint")):
+        try:
+            float(value)
+        except ValueError:
+            return pa.string()
+        return pa.float64()
+
+    return pa.string()
+
+
+def _csv_batches(path: Path, options: _CsvOptions) -> Iterator[pa.RecordBatch]:
+    kind = "CSV" if options.delimiter == "," else "TSV"
+    _check_text_file(path, kind)
+    bad_rows: list[tuple[int, int, str]] = []
+
+    # NOTE: pyarrow 26 decodes the row as UTF-8 before it calls this handler.
+    # When that fails, it prints "Exception ignored ... UnicodeDecodeError" to
+    # stderr and reports the row only in its error message. _check_text_file
+    # keeps binary files out, but a ragged row with invalid UTF-8 in a text
+    # file still causes that output.
     def on_invalid_row(row: Any) -> str:
-        bad_rows.append(row)
+        bad_rows.append((row.expected_columns, row.actual_columns, row.text))
         return "error"
 
-    parse = pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid_row)
+    parse = pa_csv.ParseOptions(delimiter=options.delimiter, invalid_row_handler=on_invalid_row)
     read = pa_csv.ReadOptions(block_size=READ_BLOCK_BYTES)
-    reader = None
+    convert = pa_csv.ConvertOptions(column_types=options.column_types)
     try:
-        reader = pa_csv.open_csv(path, read_options=read, parse_options=parse)
+        reader = pa_csv.open_csv(
+            path, read_options=read, parse_options=parse, convert_options=convert
+        )
+        options.names = reader.schema.names
         yield from reader
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        if bad_rows:
-            row = bad_rows[0]
-            number = row.number if row.number is not None else _find_line(path, row.text)
-            where = f"line {number}" if number is not None else "a row"
-            raise InvalidDatasetFile(
-                f"CSV parse error at {where}: expected {row.expected_columns} columns, got "
-                f"{row.actual_columns}: {row.text[:200]!r}"
-            ) from exc
-        schema = reader.schema if reader is not None else None
-        raise InvalidDatasetFile(
-            f"CSV parse error{_column_name_in(str(exc), schema)}: {exc}"
-        ) from exc
+        raise _csv_error(path, exc, options, bad_rows) from exc
+
+
+def _csv_error(
+    path: Path, exc: Exception, options: _CsvOptions, bad_rows: list[tuple[int, int, str]]
+) -> Exception:
+    """Return the error to raise for a pyarrow CSV error: a _TypeChange or an InvalidDatasetFile."""
+    message = str(exc)
+    ragged = _RAGGED_ROW_ERROR.search(message)
+    if not bad_rows and ragged:
+        # The handler was skipped because the row is not UTF-8. pyarrow's
+        # message shows the row with replacement characters, cut after about
+        # 100 characters.
+        bad_rows.append((int(ragged[1]), int(ragged[2]), ragged[3]))
+
+    if bad_rows:
+        expected, actual, text = bad_rows[0]
+        number = _find_line(path, text)
+        where = f"line {number}" if number is not None else "a row"
+        return InvalidDatasetFile(
+            f"CSV parse error at {where}: expected {expected} columns, got {actual}: {_quote(text)}"
+        )
+
+    # pyarrow 26 fails on a header line longer than a block with "Empty CSV
+    # file or block", and on a row spanning more than two blocks with
+    # "straddling object straddles two block boundaries".
+    if "Empty CSV file" in message or "straddles two block boundaries" in message:
+        if path.stat().st_size > READ_BLOCK_BYTES:
+            return _long_line_error()
+        return InvalidDatasetFile("the file contains no rows")
+
+    column = ""
+    conversion = _CONVERSION_ERROR.search(message)
+    if conversion and int(conversion[1]) < len(options.names):
+        name = options.names[int(conversion[1])]
+        column = f" (column {name!r})"
+        wider = _wider_type(conversion[2], conversion[3])
+        if wider is not None and options.column_types.get(name) != wider:
+            return _TypeChange(name, wider, conversion[3])
+
+    return InvalidDatasetFile(
+        f"CSV parse error{column}: {_arrow_message(exc, 'CSV parse error: ')}"
+    )
 
 
 def _find_line(path: Path, text: str) -> int | None:
@@ -182,12 +313,23 @@ def _find_line(path: Path, text: str) -> int | None:
 
 
 def _jsonl_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    head = _check_text_file(path, "JSON Lines")
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+        raise InvalidDatasetFile(
+            "the file contains a JSON array, but datasets must be JSON Lines: one JSON object "
+            'per line, such as {"a": 1}; convert it, for example with '
+            "jq -c '.[]' data.json > data.jsonl"
+        )
+
     read = pa_json.ReadOptions(block_size=READ_BLOCK_BYTES)
     try:
         reader = pa_json.open_json(path, read_options=read)
         yield from reader
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InvalidDatasetFile(f"JSON Lines parse error: {exc}") from exc
+        if "straddles two block boundaries" in str(exc):
+            raise _long_line_error() from exc
+        message = _arrow_message(exc, "JSON parse error: ")
+        raise InvalidDatasetFile(f"JSON Lines parse error: {message}") from exc
 
 
 def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
@@ -201,9 +343,9 @@ def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
 def source_batches(path: Path, fmt: str) -> Iterator[pa.RecordBatch]:
     """Yield the record batches of a CSV, TSV, JSON Lines or Parquet file."""
     if fmt == "csv":
-        return _csv_batches(path, ",")
+        return _csv_batches(path, _CsvOptions(","))
     if fmt == "tsv":
-        return _csv_batches(path, "\t")
+        return _csv_batches(path, _CsvOptions("\t"))
     if fmt == "jsonl":
         return _jsonl_batches(path)
     if fmt == "parquet":
@@ -215,15 +357,43 @@ def source_batches(path: Path, fmt: str) -> Iterator[pa.RecordBatch]:
 def ingest_table(source: Path, fmt: str, target: Path) -> IngestResult:
     """Convert ``source`` to Parquet at ``target`` batch by batch, gathering statistics.
 
+    A CSV or TSV column whose values stop fitting the type inferred from the
+    first block is widened, to float64 from an integer type when the value is
+    a number and to string otherwise, and the file is read again.
+
     Raises:
         InvalidDatasetFile: The file is malformed; the message names the line or column.
     """
+    if fmt not in ("csv", "tsv"):
+        return _ingest(source_batches(source, fmt), target)
+
+    options = _CsvOptions("," if fmt == "csv" else "\t")
+    for _ in range(MAX_CSV_REREADS + 1):
+        try:
+            return _ingest(_csv_batches(source, options), target)
+        except _TypeChange as change:
+            logger.info(
+                "reading %s again with column %r as %s, because of the value %s",
+                source.name,
+                change.column,
+                change.wider,
+                _quote(change.value),
+            )
+            options.column_types[change.column] = change.wider
+
+    raise InvalidDatasetFile(
+        f"the column types still change after {MAX_CSV_REREADS} reads with wider types "
+        f"({', '.join(sorted(options.column_types))}); convert the file to Parquet"
+    )
+
+
+def _ingest(batches: Iterator[pa.RecordBatch], target: Path) -> IngestResult:
     writer: pq.ParquetWriter | None = None
     schema: pa.Schema | None = None
     stats: dict[str, ColumnStats] = {}
     rows = 0
     try:
-        for batch in source_batches(source, fmt):
+        for batch in batches:
             if writer is None:
                 schema = batch.schema
                 _check_column_names(schema)
@@ -237,12 +407,17 @@ def ingest_table(source: Path, fmt: str, target: Path) -> IngestResult:
             for name, column in zip(batch.schema.names, batch.columns, strict=True):
                 stats[name].add(column)
             rows += batch.num_rows
+    except pa.ArrowException as exc:
+        # Readers turn the errors they expect into InvalidDatasetFile, and any
+        # other pyarrow error still means the file cannot be ingested.
+        message = _arrow_message(exc, "")
+        raise InvalidDatasetFile(f"cannot read the file: {type(exc).__name__}: {message}") from exc
     finally:
         if writer is not None:
             writer.close()
 
     if schema is None or rows == 0:
-        raise InvalidDatasetFile("the file holds no rows")
+        raise InvalidDatasetFile("the file contains no rows")
 
     columns = [
         {"name": f.name, "type": str(f.type), "null_count": stats[f.name].null_count}
@@ -278,6 +453,10 @@ def read_rows(path: Path, limit: int, columns: list[str] | None = None) -> list[
 
 
 def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, bytes):
