@@ -7,8 +7,11 @@ opaque cursor (the last id of the previous page).
 """
 
 import abc
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from mlhub_mcp.errors import InvalidInput
 
 COLLECTIONS = ("models", "datasets", "deployments", "executions", "audit")
 
@@ -121,6 +124,43 @@ class Catalog(abc.ABC):
 
     async def aclose(self) -> None:
         """Release connections."""
+
+
+# Entry ids, and so cursors, are 24 lowercase hex digits (mlhub_mcp.ids.new_id).
+_CURSOR = re.compile(r"[0-9a-f]{24}")
+
+# The name of one entry of each collection, for messages.
+_ENTRY_NAMES = {
+    "models": "model",
+    "datasets": "dataset",
+    "deployments": "deployment",
+    "executions": "execution",
+    "audit": "audit entry",
+}
+
+
+def check_cursor(cursor: str) -> None:
+    """Reject a listing cursor that is not in the format of an entry id.
+
+    Raises:
+        InvalidInput: ``cursor`` is not an entry id.
+    """
+    if not _CURSOR.fullmatch(cursor):
+        raise InvalidInput(
+            f"invalid cursor {cursor[:100]!r}: pass the next_cursor of the previous page"
+        )
+
+
+def conflict_message(collection: str, key: dict[str, Any]) -> str:
+    """Return the message for an entry whose unique ``key`` fields, or ``id``, are taken."""
+    entry = _ENTRY_NAMES.get(collection, collection)
+    if "name" not in key:
+        return f"{entry} with id {key.get('id')!r} already exists"
+
+    if "version" in key:
+        return f"{entry} {key['name']!r} version {key['version']} already exists"
+
+    return f"{entry} {key['name']!r} already exists"
 
 
 def check_collection(collection: str) -> None:

@@ -5,7 +5,6 @@ busy timeout so that the three servers can read and write the same file.
 """
 
 import json
-import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -21,46 +20,12 @@ from mlhub_mcp.catalog._base import (
     Filters,
     Page,
     check_collection,
+    check_cursor,
+    conflict_message,
 )
-from mlhub_mcp.errors import BackendUnavailable, Conflict, InvalidInput
+from mlhub_mcp.errors import BackendUnavailable, Conflict
 
 _FIELD_OK = frozenset("abcdefghijklmnopqrstuvwxyz_0123456789")
-
-# Entry ids, and so cursors, are 24 lowercase hex digits (mlhub_mcp.ids.new_id).
-_CURSOR = re.compile(r"[0-9a-f]{24}")
-
-# The name of one entry of each collection, for messages.
-_ENTRY_NAMES = {
-    "models": "model",
-    "datasets": "dataset",
-    "deployments": "deployment",
-    "executions": "execution",
-    "audit": "audit entry",
-}
-
-
-def check_cursor(cursor: str) -> None:
-    """Reject a listing cursor that is not in the format of an entry id.
-
-    Raises:
-        InvalidInput: ``cursor`` is not an entry id.
-    """
-    if not _CURSOR.fullmatch(cursor):
-        raise InvalidInput(
-            f"invalid cursor {cursor[:100]!r}: pass the next_cursor of the previous page"
-        )
-
-
-def conflict_message(collection: str, key: dict[str, Any]) -> str:
-    """Return the message for an entry whose unique ``key`` fields, or ``id``, are taken."""
-    entry = _ENTRY_NAMES.get(collection, collection)
-    if "name" not in key:
-        return f"{entry} with id {key.get('id')!r} already exists"
-
-    if "version" in key:
-        return f"{entry} {key['name']!r} version {key['version']} already exists"
-
-    return f"{entry} {key['name']!r} already exists"
 
 
 def _integrity_message(collection: str, doc: dict[str, Any], exc: sqlite3.IntegrityError) -> str:

@@ -26,8 +26,9 @@ from mlhub_mcp.catalog._base import (
     Filters,
     Page,
     check_collection,
+    check_cursor,
+    conflict_message,
 )
-from mlhub_mcp.catalog.embedded import check_cursor, conflict_message
 from mlhub_mcp.errors import BackendUnavailable, ConfigurationError, Conflict
 
 logger = logging.getLogger(__name__)

@@ -212,7 +212,10 @@ async def get_dataset_statistics(
 async def delete_dataset(
     ctx: Context, name: Annotated[str, Field(description="Dataset name")]
 ) -> DeletedDataset:
-    """Delete a dataset and its stored file. Past executions keep their results."""
+    """Delete a dataset and its stored file. Past executions keep their results.
+
+    Fails while an execution that reads the dataset is queued or running.
+    """
     await _registry(ctx).delete(name)
     return DeletedDataset(name=name, deleted=True)
 
