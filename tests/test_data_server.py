@@ -97,7 +97,7 @@ async def test_inline_csv_content(settings: Settings) -> None:
 
 
 async def test_large_csv_is_read_in_batches(settings: Settings, imports: Path) -> None:
-    # About 12 MB, three times the reader's block size, so several batches.
+    # About 12 MB, many times the reader's block size, so many batches.
     lines = ["a,b,c"] + [f"{i},{i * 0.5},name{i % 7}" for i in range(600_000)]
     (imports / "big.csv").write_text("\n".join(lines) + "\n")
     async with Client(create_data_server(settings)) as client:
@@ -109,7 +109,7 @@ async def test_large_csv_is_read_in_batches(settings: Settings, imports: Path) -
 
 
 async def test_type_change_widens_to_string(settings: Settings, imports: Path) -> None:
-    # Past the 4 MB first block, whose rows set the column types.
+    # Past the first block, whose rows set the column types.
     rows = ["a,b"] + [f"{i},{i}" for i in range(700_000)] + ["oops,1"]
     (imports / "types.csv").write_text("\n".join(rows) + "\n")
     async with Client(create_data_server(settings)) as client:
@@ -323,7 +323,7 @@ async def test_line_longer_than_block_is_explained(
 
     message = await _rejected(settings, {"name": "long", "path": "long.csv"})
 
-    assert "longer than the reader's block size of 4 MiB" in message
+    assert "longer than the reader's block size of 1 MiB" in message
     assert "convert the file to Parquet" in message
 
 

@@ -505,3 +505,27 @@ async def test_execution_of_dead_server_is_failed(platform: Platform, settings: 
     assert current["status"] == "failed"
     assert f"pid {dead.pid}" in current["error"]
     assert not deleted.is_error, _text(deleted)
+
+
+async def test_prediction_pages_cross_row_groups(platform: Platform, imports: Path) -> None:
+    await _large_dataset(platform, imports, 20)
+    execution = await platform.call(
+        platform.execution,
+        "run_execution",
+        deployment="dep",
+        dataset="large",
+        label_column="label",
+        batch_size=100,
+    )
+
+    pages = [
+        await platform.call(
+            platform.execution, "get_predictions", execution_id=execution["id"], rows=50, offset=o
+        )
+        for o in (0, 75, 10_770, 10_800)
+    ]
+
+    assert [r["row"] for r in pages[0]["rows"]] == list(range(50))
+    assert [r["row"] for r in pages[1]["rows"]] == list(range(75, 125))
+    assert [r["row"] for r in pages[2]["rows"]] == list(range(10_770, 10_800))
+    assert pages[3]["rows"] == []

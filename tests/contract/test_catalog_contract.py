@@ -336,3 +336,24 @@ async def test_ping_describes_backend(catalog: Catalog) -> None:
     description = await catalog.ping()
 
     assert "SQLite" in description or "MongoDB" in description
+
+
+async def test_insert_many_writes_every_entry(catalog: Catalog) -> None:
+    docs = [{"id": model_id(i), "server": "model", "operation": "list_models"} for i in range(50)]
+
+    inserted = await catalog.insert_many("audit", docs)
+
+    assert inserted == 50
+    assert await catalog.count("audit") == 50
+    assert await catalog.get("audit", model_id(7)) == docs[7]
+
+
+async def test_insert_many_with_taken_id_is_conflict(catalog: Catalog) -> None:
+    await catalog.insert("audit", {"id": model_id(1), "server": "model"})
+
+    with pytest.raises(Conflict):
+        await catalog.insert_many(
+            "audit", [{"id": model_id(2), "server": "data"}, {"id": model_id(1), "server": "x"}]
+        )
+
+    assert (await catalog.get("audit", model_id(1)))["server"] == "model"

@@ -24,7 +24,7 @@ UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
 
 # Fields the listings filter on, indexed by every backend.
 INDEXED_FIELDS: dict[str, tuple[str, ...]] = {
-    "models": ("name", "artifact_key"),
+    "models": ("name", "artifact_key", "task_type", "framework"),
     "datasets": ("name", "artifact_key"),
     "deployments": ("name", "model_id"),
     "executions": ("status", "deployment_id", "predictions_key", "plot_key"),
@@ -55,6 +55,15 @@ class Catalog(abc.ABC):
         Raises:
             Conflict: An entry with the same id or unique key exists.
         """
+
+    async def insert_many(self, collection: str, docs: list[dict[str, Any]]) -> int:
+        """Insert several entries that need no uniqueness check, as one write where possible.
+
+        Returns the number inserted. The default inserts them one by one.
+        """
+        for doc in docs:
+            await self.insert(collection, doc)
+        return len(docs)
 
     @abc.abstractmethod
     async def get(self, collection: str, entry_id: str) -> dict[str, Any] | None:

@@ -122,6 +122,28 @@ class EmbeddedCatalog(Catalog):
         await self._run(insert)
         return doc
 
+    async def insert_many(self, collection: str, docs: list[dict[str, Any]]) -> int:
+        check_collection(collection)
+        rows = [(doc["id"], json.dumps(doc)) for doc in docs]
+
+        def insert_all() -> None:
+            # One transaction for the batch: a commit per entry dominates the cost.
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    f"INSERT INTO {collection} (id, doc) VALUES (?, ?)", rows
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+        try:
+            await self._run(insert_all)
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"an entry of the batch for {collection} already exists") from exc
+        return len(docs)
+
     async def get(self, collection: str, entry_id: str) -> dict[str, Any] | None:
         check_collection(collection)
 

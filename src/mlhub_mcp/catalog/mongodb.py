@@ -15,8 +15,8 @@ from urllib.parse import parse_qsl, unquote
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
 
 from mlhub_mcp.catalog._base import (
     COLLECTIONS,
@@ -325,6 +325,19 @@ class MongoCatalog(Catalog):
                 raise Conflict(_conflict_message(collection, document, exc)) from exc
 
         return doc
+
+    async def insert_many(self, collection: str, docs: list[dict[str, Any]]) -> int:
+        if not docs:
+            return 0
+        target = self._collection(collection)
+        documents = [_to_document(doc) for doc in docs]
+        with self._mapped_errors():
+            try:
+                await target.insert_many(documents, ordered=False)
+            except BulkWriteError as exc:
+                raise Conflict(f"an entry of the batch for {collection} already exists") from exc
+
+        return len(docs)
 
     async def get(self, collection: str, entry_id: str) -> dict[str, Any] | None:
         target = self._collection(collection)

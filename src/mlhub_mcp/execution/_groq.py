@@ -709,7 +709,7 @@ async def run_llm(
     options = _request_options(model_doc, llm, _api_key())
     started = time.perf_counter()
 
-    parquet = pq.ParquetFile(dataset_path)
+    parquet = pq.ParquetFile(dataset_path, pre_buffer=False)
     total_rows = parquet.metadata.num_rows
     columns = list(dict.fromkeys(_placeholders(llm["prompt_template"])))
     label_type = None

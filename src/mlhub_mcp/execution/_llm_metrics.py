@@ -3,7 +3,6 @@
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 if TYPE_CHECKING:
     from mlhub_mcp.execution._groq import RowResult
@@ -64,6 +63,8 @@ def llm_metrics(
 
 
 def _class_metrics(expected: list[str], predicted: list[str]) -> dict[str, Any]:
+    from sklearn import metrics as skm
+
     classes = sorted(set(expected))
     in_classes = sum(p in classes for p in predicted)
     # Labels are classes when there are few of them, some repeat (all-unique

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlhub_mcp.execution._metrics import LabelTally
 from mlhub_mcp.models._formats import Predictor
 
 
@@ -26,15 +27,22 @@ class RunSpec:
     batch_size: int
     output_path: Path
     total_rows: int
+    # "classification" makes the local engine count (label, prediction) pairs
+    # instead of keeping every row's values for the metrics.
+    task_type: str = ""
 
 
 @dataclass
 class RunOutput:
-    """Predictions and labels gathered for the metrics."""
+    """Predictions and labels gathered for the metrics.
+
+    An engine either keeps the arrays or, for classification, fills ``tally``.
+    """
 
     rows: int = 0
     predictions: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
+    tally: LabelTally | None = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
         predictions = np.concatenate(self.predictions) if self.predictions else np.array([])
@@ -76,10 +84,12 @@ class BatchRunner:
         self.predictor = predictor
         self.spec = spec
         self.output = RunOutput()
+        if spec.task_type == "classification" and spec.label_column:
+            self.output.tally = LabelTally()
         columns = list(spec.feature_columns)
         if spec.label_column:
             columns.append(spec.label_column)
-        parquet = pq.ParquetFile(spec.dataset_path)
+        parquet = pq.ParquetFile(spec.dataset_path, pre_buffer=False)
         self._batches = parquet.iter_batches(batch_size=spec.batch_size, columns=columns)
         self._writer: pq.ParquetWriter | None = None
         self.finished = False
@@ -107,8 +117,11 @@ class BatchRunner:
         labels = None
         if self.spec.label_column:
             labels = batch.column(self.spec.label_column).to_numpy(zero_copy_only=False)
-            self.output.labels.append(labels)
-        self.output.predictions.append(predictions)
+            if self.output.tally is not None:
+                self.output.tally.add(labels, predictions)
+            else:
+                self.output.labels.append(labels)
+                self.output.predictions.append(predictions)
 
         table = prediction_table(self.output.rows, predictions, scores, labels)
         if self._writer is None:

@@ -2,10 +2,18 @@
 
 import io
 import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
+
+
+def _sklearn_metrics() -> Any:
+    # Imported on first use: scikit-learn adds about a second and 150 MiB to
+    # the start of every execution server otherwise.
+    from sklearn import metrics
+
+    return metrics
 
 
 def _aligned(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -24,14 +32,54 @@ MAX_MATRIX_CLASSES = 100
 MAX_PLOT_CLASSES = 50
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """Return accuracy, macro and weighted precision/recall/F1, and the confusion matrix."""
+class LabelTally:
+    """Counts of (label, prediction) pairs gathered batch by batch.
+
+    Classification metrics depend only on these counts, so a run keeps memory
+    per pair of classes rather than per row; scikit-learn then scores the
+    distinct pairs weighted by their counts.
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[Any, Any]] = Counter()
+
+    def add(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
+        y_true, y_pred = _aligned(np.asarray(y_true), np.asarray(y_pred))
+        numeric = y_true.dtype.kind in "iub" and y_pred.dtype.kind in "iub"
+        if numeric:
+            pairs = np.stack([y_true.astype(np.int64), y_pred.astype(np.int64)], axis=1)
+            distinct, counts = np.unique(pairs, axis=0, return_counts=True)
+            for (label, prediction), count in zip(distinct.tolist(), counts.tolist(), strict=True):
+                self.counts[(label, prediction)] += count
+        else:
+            self.counts.update(zip(y_true.tolist(), y_pred.tolist(), strict=True))
+
+    def metrics(self) -> dict[str, Any] | None:
+        if not self.counts:
+            return None
+        pairs = list(self.counts)
+        y_true = np.array([label for label, _ in pairs])
+        y_pred = np.array([prediction for _, prediction in pairs])
+        weights = np.array([self.counts[pair] for pair in pairs], dtype=np.int64)
+        return classification_metrics(y_true, y_pred, sample_weight=weights)
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, sample_weight: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Return accuracy, macro and weighted precision/recall/F1, and the confusion matrix.
+
+    ``sample_weight`` counts each row that many times, as for the distinct
+    pairs of a ``LabelTally``.
+    """
+    skm = _sklearn_metrics()
     y_true, y_pred = _aligned(y_true, y_pred)
     labels = np.unique(np.concatenate([y_true, y_pred]))
-    result: dict[str, Any] = {"accuracy": float(skm.accuracy_score(y_true, y_pred))}
+    accuracy = skm.accuracy_score(y_true, y_pred, sample_weight=sample_weight)
+    result: dict[str, Any] = {"accuracy": float(accuracy)}
     for average in ("macro", "weighted"):
         precision, recall, f1, _ = skm.precision_recall_fscore_support(
-            y_true, y_pred, average=average, zero_division=0
+            y_true, y_pred, average=average, zero_division=0, sample_weight=sample_weight
         )
         result[f"precision_{average}"] = float(precision)
         result[f"recall_{average}"] = float(recall)
@@ -39,7 +87,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
     result["classes"] = len(labels)
     if len(labels) <= MAX_MATRIX_CLASSES:
-        matrix = skm.confusion_matrix(y_true, y_pred, labels=labels)
+        matrix = skm.confusion_matrix(y_true, y_pred, labels=labels, sample_weight=sample_weight)
         result["confusion_matrix"] = {
             "labels": [_plain(v) for v in labels],
             "matrix": matrix.tolist(),
@@ -64,6 +112,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     """Return MAE, MSE, RMSE and R²."""
+    skm = _sklearn_metrics()
     y_true = y_true.astype(np.float64)
     y_pred = y_pred.astype(np.float64)
     mse = float(skm.mean_squared_error(y_true, y_pred))

@@ -499,6 +499,7 @@ class ExecutionService:
                 batch_size=doc["parameters"]["batch_size"],
                 output_path=output_path,
                 total_rows=doc["rows_total"],
+                task_type=doc["task_type"],
             )
             deployment = await self.catalog.get("deployments", doc["deployment_id"])
             if deployment is None:
@@ -524,7 +525,9 @@ class ExecutionService:
                     await self.predictor(deployment), spec, self._tracked(doc, progress)
                 )
 
-            metrics = self._metrics(doc, output)
+            # scikit-learn takes about half a second per million rows, so the
+            # metrics are computed off the event loop.
+            metrics = await anyio.to_thread.run_sync(self._metrics, doc, output)
             changes = await self._store_results(doc, output.rows, metrics, output_path)
             spark_ui_url = getattr(output, "spark_ui_url", None)
             if spark_ui_url:
@@ -583,6 +586,8 @@ class ExecutionService:
     def _metrics(self, doc: dict[str, Any], output: RunOutput) -> dict[str, Any] | None:
         if not doc["parameters"].get("label_column"):
             return None
+        if output.tally is not None:
+            return output.tally.metrics()
 
         predictions, labels = output.arrays()
         if labels is None or len(labels) == 0:
@@ -627,7 +632,23 @@ class ExecutionService:
         path = await self.platform.artifacts.fetch(doc["predictions_key"])
 
         def read() -> list[dict[str, Any]]:
-            table = pq.read_table(path).slice(offset, rows)
+            # Only the row groups that hold the requested rows are read.
+            parquet = pq.ParquetFile(path, pre_buffer=False)
+            groups: list[int] = []
+            first_row = 0
+            skipped = 0
+            for index in range(parquet.num_row_groups):
+                size = parquet.metadata.row_group(index).num_rows
+                end = first_row + size
+                if end > offset and first_row < offset + rows:
+                    if not groups:
+                        skipped = first_row
+                    groups.append(index)
+                first_row = end
+            if not groups:
+                return []
+
+            table = parquet.read_row_groups(groups).slice(offset - skipped, rows)
             return [
                 {k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
                 for r in table.to_pylist()

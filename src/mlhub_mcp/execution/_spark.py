@@ -348,7 +348,7 @@ def _predict_partition(
 
 def _probe_output(predictor: Predictor, spec: RunSpec) -> tuple[pa.DataType, bool]:
     """Run the model on the first rows to learn the prediction type and whether it scores."""
-    parquet = pq.ParquetFile(spec.dataset_path)
+    parquet = pq.ParquetFile(spec.dataset_path, pre_buffer=False)
     batch = next(parquet.iter_batches(batch_size=8, columns=spec.feature_columns), None)
     if batch is None:
         raise InvalidInput("the dataset contains no rows")

@@ -141,8 +141,16 @@ async def create_deployment(
     ] = None,
     environment: Annotated[Environment, Field(description="Target environment")] = "staging",
     batch_size: Annotated[
-        int, Field(ge=1, le=1_000_000, description="Default rows per batch of its executions")
-    ] = 256,
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description=(
+                "Default rows per batch of its executions; larger batches run tables faster, "
+                "smaller ones bound memory for large images"
+            ),
+        ),
+    ] = 1024,
     threads: Annotated[int, Field(ge=1, le=256, description="Inference threads")] = 1,
     engine: Annotated[
         Engine, Field(description="Default engine; hosted LLMs always use groq")

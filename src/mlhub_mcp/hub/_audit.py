@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 COLLECTION = "audit"
 QUEUE_SIZE = 10_000
 FLUSH_SECONDS = 5.0
+_BATCH_WINDOW_SECONDS = 0.05
 _BATCH = 200
 _ERROR_CHARS = 500
 
@@ -190,11 +191,11 @@ class AuditLog:
         try:
             async for doc in self._receiver:
                 batch = [doc]
-                while len(batch) < _BATCH:
-                    try:
-                        batch.append(self._receiver.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
+                # Gather what arrives in a short window, so that a stream of
+                # calls costs one catalog write per window, not one per call.
+                with anyio.move_on_after(_BATCH_WINDOW_SECONDS):
+                    while len(batch) < _BATCH:
+                        batch.append(await self._receiver.receive())
 
                 await self._write(batch)
         finally:
@@ -205,6 +206,14 @@ class AuditLog:
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         assert self.catalog is not None
+        try:
+            # One write for the batch; a transaction per entry cost about
+            # 0.6 ms per routed call on the embedded catalog.
+            self.written += await self.catalog.insert_many(COLLECTION, batch)
+            return
+        except Exception as exc:
+            logger.debug("audit: batch write failed, writing entries one by one: %s", exc)
+
         for doc in batch:
             try:
                 await self.catalog.insert(COLLECTION, doc)

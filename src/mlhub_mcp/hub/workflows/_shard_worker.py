@@ -59,7 +59,7 @@ def read_range(
     Only the row groups that overlap the range are read, so a shard reads
     about its own share of the file.
     """
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(path, pre_buffer=False)
     offset = 0
     for group in range(parquet.metadata.num_row_groups):
         size = parquet.metadata.row_group(group).num_rows
