@@ -17,6 +17,9 @@ class CancelRequested(Exception):
     """A request to cancel the running execution arrived through the catalog."""
 
 
+_ROW_GROUP_ROWS = 65_536
+
+
 @dataclass
 class RunSpec:
     """What one execution reads, how, and where it writes."""
@@ -92,6 +95,8 @@ class BatchRunner:
         parquet = pq.ParquetFile(spec.dataset_path, pre_buffer=False)
         self._batches = parquet.iter_batches(batch_size=spec.batch_size, columns=columns)
         self._writer: pq.ParquetWriter | None = None
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self.finished = False
 
     def step(self, time_budget: float = 0.05) -> int:
@@ -124,12 +129,27 @@ class BatchRunner:
                 self.output.predictions.append(predictions)
 
         table = prediction_table(self.output.rows, predictions, scores, labels)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= _ROW_GROUP_ROWS:
+            self._flush()
+        self.output.rows += batch.num_rows
+
+    def _flush(self) -> None:
+        # Small batches are gathered into row groups of about 64k rows: a row
+        # group per batch made the file's metadata grow with every batch and
+        # cost both memory and time.
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.spec.output_path, table.schema)
         self._writer.write_table(table)
-        self.output.rows += batch.num_rows
+        self._pending = []
+        self._pending_rows = 0
 
     def close(self) -> None:
+        self._flush()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -46,13 +46,27 @@ class LabelTally:
     def add(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
         y_true, y_pred = _aligned(np.asarray(y_true), np.asarray(y_pred))
         numeric = y_true.dtype.kind in "iub" and y_pred.dtype.kind in "iub"
-        if numeric:
-            pairs = np.stack([y_true.astype(np.int64), y_pred.astype(np.int64)], axis=1)
-            distinct, counts = np.unique(pairs, axis=0, return_counts=True)
-            for (label, prediction), count in zip(distinct.tolist(), counts.tolist(), strict=True):
-                self.counts[(label, prediction)] += count
+        if numeric and len(y_true):
+            self._add_integers(y_true.astype(np.int64), y_pred.astype(np.int64))
         else:
             self.counts.update(zip(y_true.tolist(), y_pred.tolist(), strict=True))
+
+    def _add_integers(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
+        # Each (label, prediction) pair becomes one integer code, so that a
+        # one-dimensional count replaces a much slower row-wise unique.
+        true_low, pred_low = int(y_true.min()), int(y_pred.min())
+        width = int(y_pred.max()) - pred_low + 1
+        codes = (y_true - true_low) * width + (y_pred - pred_low)
+        if int(codes.max()) < 1_000_000:
+            counts = np.bincount(codes)
+            distinct = np.flatnonzero(counts)
+            counts = counts[distinct]
+        else:
+            distinct, counts = np.unique(codes, return_counts=True)
+
+        for code, count in zip(distinct.tolist(), counts.tolist(), strict=True):
+            label, prediction = divmod(code, width)
+            self.counts[(label + true_low, prediction + pred_low)] += count
 
     def metrics(self) -> dict[str, Any] | None:
         if not self.counts:
