@@ -90,7 +90,9 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
         keys = await platform.artifacts.list_keys()
 
     scratch = settings.home / "tmp"
-    leftovers = sorted(p.name for p in scratch.iterdir()) if scratch.is_dir() else []
+    leftovers = (
+        sorted(p.name for p in scratch.rglob("*") if p.is_file()) if scratch.is_dir() else []
+    )
     staging = settings.artifacts_dir / "tmp"
     partial = sorted(p.name for p in staging.iterdir()) if staging.is_dir() else []
     return {"counts": counts, "keys": keys, "scratch": leftovers, "partial": partial}

@@ -153,3 +153,24 @@ def test_table_puts_fix_under_failed_check() -> None:
     assert "unused fix" not in lines[1]
     assert lines[2].startswith("FAIL")
     assert lines[3].strip() == "fix: start MinIO"
+
+
+@pytest.mark.anyio
+async def test_spark_master_on_closed_port_fails() -> None:
+    from mlhub_mcp.doctor import check_spark_master
+
+    port = closed_port()
+    check = await check_spark_master(f"spark://127.0.0.1:{port}", 2.0)
+
+    assert check.failed
+    assert f"127.0.0.1:{port}" in check.detail
+    assert "MLHUB_SPARK_MASTER" in check.fix
+
+
+@pytest.mark.anyio
+async def test_spark_local_mode_is_skipped() -> None:
+    from mlhub_mcp.doctor import SKIP, check_spark_master
+
+    check = await check_spark_master("local[2]", 2.0)
+
+    assert check.status == SKIP

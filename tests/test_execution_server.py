@@ -529,3 +529,32 @@ async def test_prediction_pages_cross_row_groups(platform: Platform, imports: Pa
     assert [r["row"] for r in pages[1]["rows"]] == list(range(75, 125))
     assert [r["row"] for r in pages[2]["rows"]] == list(range(10_770, 10_800))
     assert pages[3]["rows"] == []
+
+
+async def test_llm_options_need_an_llm_deployment(platform: Platform, settings: Settings) -> None:
+    message = await _rejected_run(
+        platform, settings, deployment="dep", dataset="digits", prompt_template="{pixel_0}"
+    )
+
+    assert "apply to LLM deployments only" in message
+
+
+async def test_llm_deployment_rejects_other_engines(platform: Platform) -> None:
+    await platform.call(
+        platform.model, "register_llm", name="llama", provider_model="llama-3.3-70b-versatile"
+    )
+
+    spark = await platform.execution.call_tool(
+        "create_deployment", {"name": "llm-spark", "model_name": "llama", "engine": "spark"}
+    )
+    default = await platform.call(
+        platform.execution, "create_deployment", name="llm", model_name="llama"
+    )
+    tabular = await platform.call(
+        platform.execution, "create_deployment", name="tab", model_name="digits"
+    )
+
+    assert spark.is_error
+    assert "only engine 'groq' runs" in _text(spark)
+    assert default["engine"] == "groq"
+    assert tabular["engine"] == "local"

@@ -129,7 +129,9 @@ class Settings:
         """Return the variables a server started by the hub needs to share this setup."""
         env = passthrough_environment()
         env[HOME_ENV] = str(self.home)
-        env[IMPORT_DIRS_ENV] = os.pathsep.join(str(p) for p in self.import_dirs)
+        # <home>/imports is added by every process itself, and may not exist yet.
+        own = (self.home / "imports").resolve()
+        env[IMPORT_DIRS_ENV] = os.pathsep.join(str(p) for p in self.import_dirs if p != own)
         if self.config_path is not None:
             env[CONFIG_ENV] = str(self.config_path)
         return env

@@ -12,6 +12,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -237,6 +238,38 @@ async def check_pyspark(required: bool) -> Check:
     return Check(name, OK, f"pyspark {getattr(module, '__version__', 'of unknown version')}")
 
 
+async def check_spark_master(master: str, timeout_seconds: float) -> Check:
+    """Open a TCP connection to a standalone or Spark Connect master."""
+    name = "spark master"
+    if not master or master.startswith("local"):
+        return Check(name, SKIP, f"local mode ({master or 'local[*]'}), no master to reach")
+
+    parsed = urlsplit(master)
+    if parsed.scheme not in ("spark", "sc") or not parsed.hostname:
+        return Check(
+            name,
+            FAIL,
+            f"{SPARK_MASTER_ENV} {master!r} is not a Spark master URL",
+            "use local[*], spark://host:7077 or sc://host:15002",
+        )
+
+    port = parsed.port or (7077 if parsed.scheme == "spark" else 15002)
+    address = f"{parsed.hostname}:{port}"
+    try:
+        with anyio.fail_after(timeout_seconds):
+            stream = await anyio.connect_tcp(parsed.hostname, port)
+            await stream.aclose()
+    except (OSError, TimeoutError) as exc:
+        return Check(
+            name,
+            FAIL,
+            f"cannot connect to {address}: {exc or 'timed out'}",
+            f"start the Spark master at {address} or change {SPARK_MASTER_ENV}",
+        )
+
+    return Check(name, OK, f"{parsed.scheme}:// master accepts connections at {address}")
+
+
 async def run_doctor(
     settings: Settings, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
 ) -> tuple[list[Check], bool]:
@@ -254,6 +287,8 @@ async def run_doctor(
     checks.append(check_groq_key())
     checks.append(await check_java(spark_required, timeout_seconds))
     checks.append(await check_pyspark(spark_required))
+    master = os.environ.get(SPARK_MASTER_ENV, "").strip()
+    checks.append(await check_spark_master(master, timeout_seconds))
 
     return checks, not any(check.failed for check in checks)
 

@@ -3,6 +3,8 @@
 import base64
 import binascii
 import logging
+import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,7 +44,12 @@ class Platform:
 
     @property
     def scratch_dir(self) -> Path:
-        path = self.settings.home / "tmp"
+        """Return this process's folder for temporary files.
+
+        The folder is named after the process id, so a later process can
+        remove what a process that died left behind (see `remove_stale_scratch`).
+        """
+        path = self.settings.home / "tmp" / str(os.getpid())
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -131,12 +138,42 @@ class Platform:
         await self.artifacts.aclose()
 
 
+def process_alive(pid: int) -> bool:
+    """Return whether a process with ``pid`` exists on this host."""
+    # NOTE: a pid reused by an unrelated process reads as alive, which only
+    # delays a cleanup; it never removes the files of a live process.
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_scratch(home: Path) -> list[Path]:
+    """Remove the temporary folders of processes that no longer run; return them."""
+    removed = []
+    base = home / "tmp"
+    if not base.is_dir():
+        return removed
+
+    for folder in base.iterdir():
+        if folder.is_dir() and folder.name.isdigit() and not process_alive(int(folder.name)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            logger.info("removed temporary files of stopped process %s", folder.name)
+
+    return removed
+
+
 @asynccontextmanager
 async def open_platform(settings: Settings | None = None) -> AsyncIterator[Platform]:
     """Open the catalog and the artifact store, and close them on exit."""
     settings = settings or load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "imports").mkdir(parents=True, exist_ok=True)
+    await anyio.to_thread.run_sync(remove_stale_scratch, settings.home)
 
     catalog = await open_catalog(settings)
     try:

@@ -8,6 +8,7 @@ from typing import Any
 
 from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import INVALID_PARAMS
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from mlhub_mcp.config import Settings, load_settings
 from mlhub_mcp.parent_watch import exit_with_parent
 from mlhub_mcp.platform import Platform, open_platform
-from mlhub_mcp.scrub import install_log_scrubbing
+from mlhub_mcp.scrub import install_log_scrubbing, scrub_text
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,23 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 class PlatformServer(MCPServer):
-    """An MCPServer that reports unknown prompts and bad prompt arguments as -32602."""
+    """An MCPServer that reports unknown prompts and bad prompt arguments as -32602.
+
+    Its tool errors are also scrubbed of secrets, since a message may quote a
+    caller's value, such as a URL with a password in it.
+    """
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except MCPError:
+            # A protocol error goes to the client as it is.
+            raise
+        except ToolError as exc:
+            masked = scrub_text(str(exc))
+            if masked == str(exc):
+                raise
+            raise ToolError(masked) from exc
 
     async def get_prompt(
         self, name: str, arguments: dict[str, Any] | None = None, context: Any = None

@@ -7,6 +7,7 @@ complete, so a reader never sees half a file.
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +24,8 @@ from mlhub_mcp.artifacts._base import (
 )
 from mlhub_mcp.errors import BackendUnavailable, NotFound
 
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
 
 class LocalArtifactStore(ArtifactStore):
     """Content-addressed files in a local directory."""
@@ -32,9 +35,18 @@ class LocalArtifactStore(ArtifactStore):
         self._tmp = self.root / "tmp"
         try:
             self._tmp.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_parts()
         except OSError as exc:
             message = f"cannot create the artifact directory {str(root)!r}: {exc}"
             raise BackendUnavailable(message) from exc
+
+    def _remove_stale_parts(self) -> None:
+        from mlhub_mcp.platform import process_alive
+
+        for part in self._tmp.glob("*-*.part"):
+            pid = part.name.split("-", 1)[0]
+            if pid.isdigit() and not process_alive(int(pid)):
+                part.unlink(missing_ok=True)
 
     def _path(self, key: str) -> Path:
         digest = check_key(key).split("/", 1)[1]
@@ -43,7 +55,8 @@ class LocalArtifactStore(ArtifactStore):
     def _copy_in(self, source: Path) -> StoredObject:
         digest = hashlib.sha256()
         size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
+        # The pid in the name lets a later process remove the file if this one dies.
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=f"{os.getpid()}-", suffix=".part")
         tmp = Path(tmp_name)
         try:
             with source.open("rb") as reader, os.fdopen(fd, "wb") as writer:
@@ -87,7 +100,12 @@ class LocalArtifactStore(ArtifactStore):
             base = self.root / "sha256"
             if not base.is_dir():
                 return []
-            return sorted(key_for(p.name) for p in base.glob("??/*") if p.is_file())
+            # Files whose names are not digests were not written by the store.
+            return sorted(
+                key_for(p.name)
+                for p in base.glob("??/*")
+                if p.is_file() and _DIGEST.fullmatch(p.name) and p.name[:2] == p.parent.name
+            )
 
         return await anyio.to_thread.run_sync(walk)
 

@@ -234,7 +234,12 @@ async def dataset_metadata(name: str, ctx: Context) -> str:
 
 async def dataset_preview(name: str, ctx: Context) -> str:
     """The first 20 rows of a dataset, as JSON."""
-    await _resource_doc(ctx, name)
+    doc = await _resource_doc(ctx, name)
+    if doc.get("kind", "table") != "table":
+        raise ResourceNotFoundError(
+            f"dataset {name!r} contains images and has no table preview; "
+            "use the preview_images tool for thumbnails"
+        )
     rows = await _registry(ctx).preview(name, 20, None)
     return json.dumps(rows, indent=2)
 

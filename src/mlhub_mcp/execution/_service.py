@@ -33,7 +33,7 @@ from mlhub_mcp.execution._metrics import (
 from mlhub_mcp.ids import new_id, utc_now
 from mlhub_mcp.models._formats import Predictor, load_predictor
 from mlhub_mcp.paths import check_entry_name
-from mlhub_mcp.platform import Platform
+from mlhub_mcp.platform import Platform, process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +47,6 @@ _PROGRESS_INTERVAL = 0.2
 
 async def _no_progress(progress: float, total: float | None, message: str | None) -> None:
     return None
-
-
-def _process_alive(pid: int) -> bool:
-    """Return whether a process with ``pid`` exists on this host."""
-    # NOTE: a pid reused by an unrelated process reads as alive, which only
-    # delays the recovery of that execution; it never fails a live one.
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ExecutionService:
@@ -79,19 +66,13 @@ class ExecutionService:
     async def recover(self) -> int:
         """Settle executions left queued or running by a server process that died.
 
-        Also removes the scratch files such processes left. Returns the number
-        of executions marked failed.
+        Returns the number of executions marked failed.
         """
         settled = 0
         stale = await self.catalog.find_all("executions", {"status": ["queued", "running"]})
         for doc in stale:
             if (await self._settle_abandoned(doc))["status"] == "failed":
                 settled += 1
-
-        for path in self.platform.scratch_dir.glob("run-*-*"):
-            pid = path.name.split("-")[1]
-            if pid.isdigit() and not _process_alive(int(pid)):
-                path.unlink(missing_ok=True)
 
         if settled:
             logger.warning("marked %d executions of stopped server processes as failed", settled)
@@ -104,7 +85,7 @@ class ExecutionService:
             return doc
         if owner.get("host") != self._owner["host"] or not owner.get("pid"):
             return doc
-        if owner["pid"] == os.getpid() or _process_alive(owner["pid"]):
+        if owner["pid"] == os.getpid() or process_alive(owner["pid"]):
             return doc
 
         changes = {
@@ -135,7 +116,7 @@ class ExecutionService:
         environment: str,
         batch_size: int,
         threads: int,
-        engine: str,
+        engine: str | None,
     ) -> dict[str, Any]:
         """Check the model, load it, and add the deployment to the catalog.
 
@@ -173,21 +154,31 @@ class ExecutionService:
         logger.info("created deployment %s of %s v%s", name, model["name"], model["version"])
         return doc
 
-    def _engine_for(self, model: dict[str, Any], engine: str) -> str:
-        if engine not in ENGINES:
+    def _engine_for(self, model: dict[str, Any], engine: str | None) -> str:
+        """Return the engine that runs ``model``: ``engine``, or the model's default.
+
+        Raises:
+            InvalidInput: The engine is unknown or cannot run this kind of model.
+        """
+        if engine is not None and engine not in ENGINES:
             raise InvalidInput(f"unknown engine {engine!r}; use one of {ENGINES}")
         if model.get("kind") == "llm":
+            if engine not in (None, "groq"):
+                raise InvalidInput(
+                    f"model {model['name']!r} is a hosted LLM, which only engine 'groq' "
+                    f"runs; leave 'engine' out or set it to 'groq', not {engine!r}"
+                )
             return "groq"
-        if engine == "spark":
-            from mlhub_mcp.execution._spark import check_spark_available
-
-            check_spark_available()
         if engine == "groq":
             raise InvalidInput(
                 f"engine 'groq' runs hosted LLMs; model {model['name']!r} is a "
                 f"{model['format']} file, so use engine 'local' or 'spark'"
             )
-        return engine
+        if engine == "spark":
+            from mlhub_mcp.execution._spark import check_spark_available
+
+            check_spark_available()
+        return engine or "local"
 
     async def _model(self, name: str, version: int | None) -> dict[str, Any]:
         if version is not None:
@@ -285,6 +276,11 @@ class ExecutionService:
         if feature_columns is not None and not feature_columns:
             raise InvalidInput(
                 "'feature_columns' is empty; omit it to use every column but the label"
+            )
+        if llm and run_engine != "groq":
+            raise InvalidInput(
+                f"{sorted(llm)} apply to LLM deployments only; deployment "
+                f"{deployment_name!r} runs a {model['format']} model"
             )
         if label_column is not None and run_engine != "groq":
             check_label(model, dataset, columns, label_column)
@@ -472,7 +468,6 @@ class ExecutionService:
         if dataset is None or dataset["sha256"] != doc["dataset_sha256"]:
             raise ExecutionFailed(f"dataset {doc['dataset_name']!r} was deleted or replaced")
         dataset_path = await self.platform.artifacts.fetch(dataset["artifact_key"])
-        # The pid in the name lets a later server remove the file if this one dies.
         output_path = Path(
             tempfile.mkstemp(
                 dir=self.platform.scratch_dir, prefix=f"run-{os.getpid()}-", suffix=".parquet"

@@ -105,6 +105,13 @@ class Deleted(BaseModel):
     deleted: bool
 
 
+class DeletedExecution(BaseModel):
+    """An execution removed by a delete."""
+
+    execution_id: str
+    deleted: bool
+
+
 def _service(ctx: Context) -> ExecutionService:
     return state_of(ctx)
 
@@ -153,8 +160,9 @@ async def create_deployment(
     ] = 1024,
     threads: Annotated[int, Field(ge=1, le=256, description="Inference threads")] = 1,
     engine: Annotated[
-        Engine, Field(description="Default engine; hosted LLMs always use groq")
-    ] = "local",
+        Engine | None,
+        Field(description="Default engine: local when omitted, groq for hosted LLMs"),
+    ] = None,
 ) -> DeploymentInfo:
     """Deploy a model version: the model is checked, loaded and kept in memory."""
     doc = await _service(ctx).create_deployment(
@@ -318,10 +326,10 @@ async def get_predictions(
 
 async def delete_execution(
     ctx: Context, execution_id: Annotated[str, Field(description="Execution id")]
-) -> Deleted:
+) -> DeletedExecution:
     """Delete a finished execution and its stored predictions and plot."""
     await _service(ctx).delete_execution(execution_id)
-    return Deleted(name=execution_id, deleted=True)
+    return DeletedExecution(execution_id=execution_id, deleted=True)
 
 
 async def _resource_doc(ctx: Context, execution_id: str) -> dict[str, Any]:
