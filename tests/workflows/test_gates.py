@@ -1,8 +1,13 @@
 """workflow_gate and workflow_promote: checks that must pass before a step runs."""
 
+import logging
+from functools import partial
+
+import anyio
 import pytest
 from mcp import Client
 
+from mlhub_mcp.hub.workflows import _gates
 from tests.workflows.conftest import (
     CLASSIFIERS,
     DEPLOYMENTS,
@@ -182,3 +187,62 @@ async def test_promote_rejects_regression_metric(client: Client) -> None:
     assert result.structured_content["failed_checks"] == ["task_type"]
     assert result.structured_content["evaluation"] is None
     assert "metric 'rmse' needs a regression model" in text_of(result)
+
+
+class _LogWaiter(logging.Handler):
+    """A log handler that sets ``seen`` when a record's message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.INFO)
+        self.text = text
+        self.seen = anyio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+async def test_promote_cancel_deletes_temporary_deployment(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    evaluating = anyio.Event()
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        evaluating.set()
+
+    arguments = {
+        "model_name": CLASSIFIERS["forest"],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "threshold": 0.5,
+        "deployment_name": "forest-cancelled",
+        # One row per batch makes the evaluation last long enough to cancel it.
+        "batch_size": 1,
+    }
+    caplog.set_level(logging.INFO, logger=_gates.__name__)
+    deleted = _LogWaiter("deleted temporary deployment forest-cancelled-eval-")
+    _gates.logger.addHandler(deleted)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                partial(client.call_tool, progress_callback=on_progress),
+                "workflow_promote",
+                arguments,
+            )
+            with anyio.fail_after(30):
+                await evaluating.wait()
+            group.cancel_scope.cancel()
+
+        # The hub cleans up after the cancelled call returns, so wait for it.
+        with anyio.fail_after(45):
+            await deleted.seen.wait()
+    finally:
+        _gates.logger.removeHandler(deleted)
+    names = await _deployment_names(client)
+    cancelled = await call(client, "list_executions", {"status": "cancelled", "limit": 500})
+    evaluations = [
+        e for e in cancelled["executions"] if e["deployment_name"].startswith("forest-cancelled-")
+    ]
+
+    assert not [name for name in names if name.startswith("forest-cancelled")]
+    assert len(evaluations) == 1

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 GATE_TOOL = "workflow_gate"
 PROMOTE_TOOL = "workflow_promote"
+# Seconds allowed for cancelling the evaluation run and deleting the temporary
+# deployment. cancel_execution alone waits up to 30 s for a run to stop.
+CLEANUP_SECONDS = 60
 
 
 # workflow_gate
@@ -253,26 +256,64 @@ async def _deployment_names(hub: "Hub") -> set[str]:
             return names
 
 
-async def _evaluation_deployment(
-    hub: "Hub", params: PromoteInput, model: dict[str, Any], existing: set[str]
-) -> tuple[str, bool]:
-    if params.evaluation_deployment is not None:
-        deployment = await call_tool(hub, "get_deployment", {"name": params.evaluation_deployment})
-        same = (deployment["model_name"], deployment["model_version"]) == (
-            model["name"],
-            model["version"],
+async def _existing_evaluator(hub: "Hub", name: str, model: dict[str, Any]) -> None:
+    """Check that the deployment ``name`` serves the model version to promote."""
+    deployment = await call_tool(hub, "get_deployment", {"name": name})
+    served = (deployment["model_name"], deployment["model_version"])
+    if served != (model["name"], model["version"]):
+        raise WorkflowError(
+            f"evaluation deployment {name!r} serves {served[0]!r} v{served[1]}, not "
+            f"{model['name']!r} v{model['version']}"
         )
-        if not same:
-            raise WorkflowError(
-                f"evaluation deployment {params.evaluation_deployment!r} serves "
-                f"{deployment['model_name']!r} v{deployment['model_version']}, not "
-                f"{model['name']!r} v{model['version']}"
-            )
-        return params.evaluation_deployment, False
 
-    name = f"{params.deployment_name[:80]}-eval-{secrets.token_hex(3)}"
+
+def _temporary_name(deployment_name: str, existing: set[str]) -> str:
+    name = f"{deployment_name[:80]}-eval-{secrets.token_hex(3)}"
     while name in existing:
-        name = f"{params.deployment_name[:80]}-eval-{secrets.token_hex(3)}"
+        name = f"{deployment_name[:80]}-eval-{secrets.token_hex(3)}"
+    return name
+
+
+async def _cancel_unfinished(hub: "Hub", deployment: str) -> None:
+    """Cancel the deployment's queued and running executions.
+
+    A cancelled run_execution call cancels its execution downstream, but
+    delete_deployment can arrive before that execution has stopped, and then
+    fails. cancel_execution waits for the execution to stop, for up to 30 s.
+    """
+    page = await call_tool(hub, "list_executions", {"deployment": deployment, "limit": 500})
+    for execution in page["executions"]:
+        if execution["status"] in ("queued", "running"):
+            await call_tool(hub, "cancel_execution", {"execution_id": execution["id"]})
+
+
+async def _delete_temporary(hub: "Hub", name: str) -> None:
+    # Shielded, so the cleanup also runs when the caller cancels the evaluation.
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS) as scope:
+        try:
+            await _cancel_unfinished(hub, name)
+            await call_tool(hub, "delete_deployment", {"name": name})
+        except ToolCallFailed as exc:
+            logger.warning("temporary deployment %s was not deleted: %s", name, exc)
+        else:
+            logger.info("deleted temporary deployment %s", name)
+
+    if scope.cancelled_caught:
+        logger.warning(
+            "temporary deployment %s was not deleted: cleanup timed out after %s s",
+            name,
+            CLEANUP_SECONDS,
+        )
+
+
+async def _evaluate_on_temporary(
+    hub: "Hub", params: PromoteInput, model: dict[str, Any], name: str, progress: ProgressFn
+) -> dict[str, Any]:
+    """Evaluate on a new staging deployment ``name``, and delete it afterwards.
+
+    The deployment is deleted on success, failure and cancellation alike,
+    unless create_deployment reported that it created nothing.
+    """
     arguments = {
         "name": name,
         "model_name": model["name"],
@@ -280,17 +321,19 @@ async def _evaluation_deployment(
         "environment": "staging",
         "threads": params.threads,
     }
-    await call_tool(hub, "create_deployment", arguments)
-    return name, True
-
-
-async def _delete_quietly(hub: "Hub", name: str) -> None:
-    # Cleanup must run even when the caller cancels the evaluation.
-    with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+    created = True
+    try:
         try:
-            await call_tool(hub, "delete_deployment", {"name": name})
-        except ToolCallFailed as exc:
-            logger.warning("temporary deployment %s was not deleted: %s", name, exc.reason)
+            await call_tool(hub, "create_deployment", arguments)
+        except ToolCallFailed:
+            created = False
+            raise
+        return await _evaluate(hub, params, name, progress)
+    finally:
+        # A call cancelled during create_deployment may have created it, so
+        # only a failed create_deployment skips the cleanup.
+        if created:
+            await _delete_temporary(hub, name)
 
 
 async def _evaluate(
@@ -329,12 +372,14 @@ async def run_promote(hub: "Hub", params: PromoteInput, progress: ProgressFn) ->
         output.failed_checks = [c.name for c in failed(checks)]
         return Outcome(output, error=f"not promoted, a check failed: {failure_text(checks)}")
 
-    evaluator, temporary = await _evaluation_deployment(hub, params, model, existing)
-    try:
+    temporary = params.evaluation_deployment is None
+    if params.evaluation_deployment is not None:
+        evaluator = params.evaluation_deployment
+        await _existing_evaluator(hub, evaluator, model)
         execution = await _evaluate(hub, params, evaluator, progress)
-    finally:
-        if temporary:
-            await _delete_quietly(hub, evaluator)
+    else:
+        evaluator = _temporary_name(params.deployment_name, existing)
+        execution = await _evaluate_on_temporary(hub, params, model, evaluator, progress)
 
     gate = metric_check(execution.get("metrics"), params.metric, params.threshold)
     output.checks.append(gate)
