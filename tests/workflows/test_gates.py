@@ -14,6 +14,7 @@ from tests.workflows.conftest import (
     HOLDOUT,
     HOLDOUT_ROWS,
     NARROW,
+    Platform,
     call,
     call_failing,
     text_of,
@@ -246,3 +247,84 @@ async def test_promote_cancel_deletes_temporary_deployment(
 
     assert not [name for name in names if name.startswith("forest-cancelled")]
     assert len(evaluations) == 1
+
+
+async def test_gate_rejects_a_destructive_step_by_default(platform: Platform) -> None:
+    client = platform.client
+    model = {"name": "gate-victim", "path": str(platform.files / "nine.onnx")}
+    await call(client, "register_model", model)
+    arguments = {
+        "model_name": "gate-victim",
+        "dataset": HOLDOUT,
+        "then": {"tool": "delete_model", "arguments": {"name": "gate-victim"}},
+    }
+
+    result = await call_failing(client, "workflow_gate", arguments)
+    still_there = await call(client, "get_model", {"name": "gate-victim"})
+
+    assert "'then' calls delete_model, which is destructive" in text_of(result)
+    assert "allow_destructive=true" in text_of(result)
+    assert still_there["name"] == "gate-victim"
+
+
+async def test_gate_runs_an_allowed_destructive_step(client: Client) -> None:
+    deployment = {"name": "gate-doomed", "model_name": CLASSIFIERS["tree"]}
+    await call(client, "create_deployment", deployment)
+    arguments = {
+        "model_name": CLASSIFIERS["tree"],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "allow_destructive": True,
+        "then": {"tool": "delete_deployment", "arguments": {"name": "gate-doomed"}},
+    }
+
+    output = await call(client, "workflow_gate", arguments)
+
+    assert output["step"]["status"] == "succeeded"
+    assert "gate-doomed" not in await _deployment_names(client)
+
+
+@pytest.mark.parametrize(
+    ("then", "message"),
+    [
+        pytest.param(
+            {"deployment": DEPLOYMENTS["tree"], "dataset": HOLDOUT},
+            f"then.arguments.deployment is deployment '{DEPLOYMENTS['tree']}' of model "
+            f"'{CLASSIFIERS['tree']}' v1, but the gate checked model '{CLASSIFIERS['logreg']}' v1",
+            id="deployment of another model",
+        ),
+        pytest.param(
+            {"deployment": DEPLOYMENTS["logreg"], "dataset": NARROW},
+            f"then.arguments.dataset is dataset '{NARROW}', but the gate checked dataset "
+            f"'{HOLDOUT}'",
+            id="another dataset",
+        ),
+        pytest.param(
+            {"deployment": "ghost-deployment", "dataset": HOLDOUT},
+            "then.arguments.deployment: deployment 'ghost-deployment' not found",
+            id="unknown deployment",
+        ),
+        pytest.param(
+            {"deployment": DEPLOYMENTS["logreg"], "dataset": HOLDOUT, "label_column": "digit"},
+            "then.arguments.label_column is 'digit', but the gate checked label column 'label'",
+            id="another label column",
+        ),
+    ],
+)
+async def test_gate_rejects_a_step_on_other_entries(
+    client: Client, then: dict, message: str
+) -> None:
+    before = await call(client, "list_executions", {"limit": 1})
+    arguments = {
+        "model_name": CLASSIFIERS["logreg"],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "then": {"tool": "run_execution", "arguments": then},
+    }
+
+    result = await call_failing(client, "workflow_gate", arguments)
+    after = await call(client, "list_executions", {"limit": 1})
+
+    assert "'then' does not act on what the gate checks, so nothing was run" in text_of(result)
+    assert message in text_of(result)
+    assert after["executions"] == before["executions"]

@@ -201,6 +201,24 @@ def known_tools(hub: "Hub") -> list[str]:
     return sorted([*hub.local_tools, *hub.routes.tools])
 
 
+def is_destructive(hub: "Hub", name: str) -> bool:
+    """Return whether the tool ``name`` may delete or overwrite data, by its annotations.
+
+    MCP's defaults apply: a tool without annotations, or one that is not
+    read-only and leaves ``destructive_hint`` unset, counts as destructive.
+    """
+    local = hub.local_tools.get(name)
+    if local is not None:
+        annotations = local.tool.annotations
+    else:
+        annotations = hub.routes.tools[name][1].annotations
+    if annotations is None:
+        return True
+    if annotations.read_only_hint:
+        return False
+    return annotations.destructive_hint is not False
+
+
 async def no_progress(progress: float, total: float | None, message: str | None) -> None:
     return None
 

@@ -21,8 +21,6 @@ from mlhub_mcp.hub.workflows._base import (
     WorkflowError,
     call_tool,
     define_tool,
-    known_tools,
-    tool_exists,
 )
 from mlhub_mcp.hub.workflows._checks import (
     Check,
@@ -33,6 +31,7 @@ from mlhub_mcp.hub.workflows._checks import (
     size_checks,
     task_check,
 )
+from mlhub_mcp.hub.workflows._gated_step import check_step_allowed, step_mismatches
 from mlhub_mcp.hub.workflows._scoring import MetricName, scalar_metrics
 
 if TYPE_CHECKING:
@@ -92,7 +91,14 @@ class GateInput(SizeLimits):
         "else every column except the label",
     )
     then: GatedStep | None = Field(
-        default=None, description="Tool call to run only when every check passes"
+        default=None,
+        description="Tool call to run only when every check passes. The models, datasets and "
+        "deployments it names must be the ones checked: model_name, dataset, and a deployment "
+        "of the checked model version",
+    )
+    allow_destructive: bool = Field(
+        default=False,
+        description="Allow 'then' to call a delete or another destructive tool",
     )
 
 
@@ -125,15 +131,37 @@ async def _model_and_dataset(
     return model, data
 
 
-async def run_gate(hub: "Hub", params: GateInput, progress: ProgressFn) -> Outcome:
-    if params.then is not None and not tool_exists(hub, params.then.tool):
+async def _check_step(
+    hub: "Hub", params: GateInput, model: dict[str, Any], dataset: dict[str, Any]
+) -> None:
+    """Reject a 'then' call that acts on other entries than the gate checked."""
+    assert params.then is not None
+    problems = await step_mismatches(
+        hub,
+        params.then.tool,
+        params.then.arguments,
+        model,
+        dataset,
+        params.label_column,
+        params.feature_columns,
+    )
+    if problems:
         raise WorkflowError(
-            f"'then' calls unknown tool {params.then.tool!r}; known tools: {known_tools(hub)}"
+            "'then' does not act on what the gate checks, so nothing was run: "
+            + "; ".join(problems)
         )
+
+
+async def run_gate(hub: "Hub", params: GateInput, progress: ProgressFn) -> Outcome:
+    if params.then is not None:
+        check_step_allowed(hub, params.then.tool, params.allow_destructive)
 
     model, dataset = await _model_and_dataset(
         hub, params.model_name, params.model_version, params.dataset
     )
+    if params.then is not None:
+        await _check_step(hub, params, model, dataset)
+
     checks = compatibility_checks(model, dataset, params.label_column, params.feature_columns)
     checks += size_checks(dataset, params.max_rows, params.min_rows, params.max_size_bytes)
     failures = failed(checks)
@@ -171,9 +199,10 @@ def gate_tool() -> LocalTool:
             "label column exists, the feature columns exist and are numeric, the model's "
             "n_features equals the dataset's columns minus the label, and the dataset is "
             "within max_rows/min_rows/max_size_bytes. When every check passes, the "
-            "optional 'then' tool call runs (e.g. run_execution). A failed check is "
-            "returned as an error naming the check and the values compared, and 'then' "
-            "does not run."
+            "optional 'then' tool call runs (e.g. run_execution). 'then' must act on the "
+            "checked model version and dataset, and a destructive 'then' tool needs "
+            "allow_destructive=true. A failed check is returned as an error naming the "
+            "check and the values compared, and 'then' does not run."
         ),
         input_model=GateInput,
         output_model=GateOutput,
