@@ -7,9 +7,10 @@ import pytest
 from mcp import Client
 
 from mlhub_mcp.hub.workflows._route import extract_json_object
-from mlhub_mcp.hub.workflows._rules import match_rules
+from mlhub_mcp.hub.workflows._rules import ambiguity, match_rules, unclear_names
 from tests.groq_stub import Answer, Call, Status
 from tests.workflows.conftest import (
+    CLASSIFIERS,
     DEPLOYMENTS,
     GROQ_KEY,
     HOLDOUT,
@@ -217,3 +218,182 @@ async def test_route_llm_mode_needs_a_key(client: Client) -> None:
     result = await call_failing(client, "workflow_route", {"request": "list models", "mode": "llm"})
 
     assert "mode 'llm' needs GROQ_API_KEY" in text_of(result)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (
+            "describe model victim; also delete model other",
+            "the request joins several actions with ';'",
+        ),
+        ("don't delete model other", 'the request contains the negation "don\'t"'),
+        ("do not remove dataset digits", "the request contains the negation 'not'"),
+        ("never delete deployment tree-staging", "the request contains the negation 'never'"),
+        ("delete model a1 without asking", "the request contains the negation 'without'"),
+        ("list models then delete model m1", "the request joins several actions with 'then'"),
+        ("describe model m1 and delete model m2", "several kinds of action: read, delete"),
+        ("deploy model m1 as m1-prod and run it", "several kinds of action: run, deploy"),
+    ],
+)
+def test_ambiguity_rejects_unsafe_requests(text: str, reason: str) -> None:
+    problem = ambiguity(text)
+
+    assert problem is not None
+    assert reason in problem
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "run deployment logreg-staging on dataset digits-holdout with label column label",
+        "deploy model digits-tree version 1 as tree-prod to production",
+        "show the first 3 rows of dataset 'digits-holdout'",
+        "describe model digits-forest.",
+        "delete model delete-me",
+        "run deployment stop-now on dataset remove-me with label column drop",
+    ],
+)
+def test_ambiguity_accepts_one_action(text: str) -> None:
+    assert ambiguity(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("describe model please", "name 'please' is a common word, not a plausible name"),
+        (
+            "remove model version 2 of digits-tree",
+            "name 'version' is a common word, not a plausible name",
+        ),
+        (
+            "delete model alpha and model beta",
+            "the request also names model 'beta', which delete_model does not take",
+        ),
+        (
+            "delete dataset digits-narrow and model alpha",
+            "the request also names dataset 'digits-narrow', which delete_model does not take",
+        ),
+    ],
+)
+def test_unclear_names_are_reported(text: str, reason: str) -> None:
+    found = match_rules(text)
+
+    assert found is not None
+    assert unclear_names(text, found) == reason
+
+
+def test_every_model_routes_to_the_listing() -> None:
+    found = match_rules("show me every model please")
+
+    assert found is not None
+    assert found.tool == "list_models"
+    assert found.arguments == {}
+    assert unclear_names("show me every model please", found) is None
+
+
+async def _register_model(platform: Platform, name: str) -> None:
+    path = str(platform.files / "nine.onnx")
+    await call(platform.client, "register_model", {"name": name, "path": path})
+
+
+async def _model_exists(client: Client, name: str) -> bool:
+    listing = await call(client, "list_models", {"name": name})
+    return any(model["name"] == name for model in listing["models"])
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        "describe model route-victim; also delete model route-other",
+        "don't delete model route-other",
+        "describe model route-victim and delete model route-other",
+    ],
+)
+async def test_route_rejects_ambiguous_deletes(platform: Platform, request_text: str) -> None:
+    for name in ("route-victim", "route-other"):
+        if not await _model_exists(platform.client, name):
+            await _register_model(platform, name)
+    arguments = {"request": request_text, "mode": "rules", "allow_destructive": True}
+
+    result = await call_failing(platform.client, "workflow_route", arguments)
+    output = result.structured_content
+
+    assert output is not None
+    assert output["ambiguous"] is True
+    assert output["executed"] is False
+    assert output["method"] == "rules"
+    assert text_of(result).startswith("ambiguous request, so nothing was run: ")
+    assert await _model_exists(platform.client, "route-victim")
+    assert await _model_exists(platform.client, "route-other")
+
+
+async def test_route_every_model_lists_them(client: Client) -> None:
+    arguments = {"request": "show me every model please", "mode": "rules"}
+
+    output = await call(client, "workflow_route", arguments)
+
+    assert output["tool"] == "list_models"
+    assert output["arguments"] == {}
+    assert output["executed"] is True
+    assert CLASSIFIERS["tree"] in {model["name"] for model in output["result"]["models"]}
+
+
+async def test_route_delete_needs_an_existing_entry(client: Client) -> None:
+    arguments = {"request": "delete model ghost-model", "allow_destructive": True}
+
+    result = await call_failing(client, "workflow_route", arguments)
+    output = result.structured_content
+
+    assert output is not None
+    assert output["tool"] == "delete_model"
+    assert output["executed"] is False
+    assert "get_model found no entry to act on" in output["error"]
+    assert "which was not run because get_model found no entry" in text_of(result)
+
+
+async def test_route_deletes_an_existing_entry(platform: Platform) -> None:
+    await _register_model(platform, "route-doomed")
+    arguments = {"request": "delete model route-doomed", "allow_destructive": True}
+
+    output = await call(platform.client, "workflow_route", arguments)
+
+    assert output["tool"] == "delete_model"
+    assert output["executed"] is True
+    assert output["result"]["deleted_versions"] == [1]
+    assert not await _model_exists(platform.client, "route-doomed")
+
+
+async def test_route_llm_delete_with_negation_is_rejected(llm: Platform) -> None:
+    if not await _model_exists(llm.client, "route-kept"):
+        await _register_model(llm, "route-kept")
+    choice = {"tool": "delete_model", "arguments": {"name": "route-kept"}, "reason": "asked"}
+    llm.stub.plan = lambda call: Answer(json.dumps(choice))
+    arguments = {
+        "request": "please don't delete model route-kept",
+        "mode": "llm",
+        "allow_destructive": True,
+    }
+
+    result = await call_failing(llm.client, "workflow_route", arguments)
+    output = result.structured_content
+
+    assert output is not None
+    assert output["ambiguous"] is True
+    assert output["method"] == "llm"
+    assert output["tool"] == "delete_model"
+    assert output["executed"] is False
+    assert 'the request contains the negation "don\'t"' in text_of(result)
+    assert await _model_exists(llm.client, "route-kept")
+
+
+async def test_route_llm_read_with_negation_runs(llm: Platform) -> None:
+    choice = {"tool": "list_models", "arguments": {"task_type": "classification"}}
+    llm.stub.plan = lambda call: Answer(json.dumps(choice))
+    arguments = {"request": "list models that are not regressors", "mode": "llm"}
+
+    output = await call(llm.client, "workflow_route", arguments)
+
+    assert output["method"] == "llm"
+    assert output["tool"] == "list_models"
+    assert output["executed"] is True

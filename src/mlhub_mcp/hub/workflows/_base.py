@@ -201,22 +201,26 @@ def known_tools(hub: "Hub") -> list[str]:
     return sorted([*hub.local_tools, *hub.routes.tools])
 
 
-def is_destructive(hub: "Hub", name: str) -> bool:
-    """Return whether the tool ``name`` may delete or overwrite data, by its annotations.
+def is_destructive(tool: types.Tool) -> bool:
+    """Return whether ``tool`` may delete or overwrite data, by its annotations.
 
     MCP's defaults apply: a tool without annotations, or one that is not
     read-only and leaves ``destructive_hint`` unset, counts as destructive.
     """
-    local = hub.local_tools.get(name)
-    if local is not None:
-        annotations = local.tool.annotations
-    else:
-        annotations = hub.routes.tools[name][1].annotations
+    annotations = tool.annotations
     if annotations is None:
         return True
     if annotations.read_only_hint:
         return False
     return annotations.destructive_hint is not False
+
+
+def tool_definition(hub: "Hub", name: str) -> types.Tool:
+    """Return the definition of a hub tool or a downstream tool by its public name."""
+    local = hub.local_tools.get(name)
+    if local is not None:
+        return local.tool
+    return hub.routes.tools[name][1]
 
 
 async def no_progress(progress: float, total: float | None, message: str | None) -> None:

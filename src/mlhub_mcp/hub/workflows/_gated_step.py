@@ -14,6 +14,7 @@ from mlhub_mcp.hub.workflows._base import (
     call_tool,
     is_destructive,
     known_tools,
+    tool_definition,
     tool_exists,
 )
 
@@ -56,7 +57,7 @@ def check_step_allowed(hub: "Hub", tool: str, allow_destructive: bool) -> None:
     """
     if not tool_exists(hub, tool):
         raise WorkflowError(f"'then' calls unknown tool {tool!r}; known tools: {known_tools(hub)}")
-    if is_destructive(hub, tool) and not allow_destructive:
+    if is_destructive(tool_definition(hub, tool)) and not allow_destructive:
         raise WorkflowError(
             f"'then' calls {tool}, which is destructive. Pass allow_destructive=true to run it "
             "after the gate"

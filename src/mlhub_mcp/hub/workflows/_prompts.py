@@ -141,7 +141,10 @@ def _route_text(a: dict[str, str]) -> str:
         "which tool and server, and why.\n"
         '- Pass "execute": false to see the route without running it. Deletes and other '
         'destructive tools run only with "allow_destructive": true, so ask the user first.\n'
-        "- When the route lacks arguments, the error lists them; add them to the request."
+        "- When the route lacks arguments, the error lists them; add them to the request.\n"
+        '- A request with several actions, a negation ("don\'t", "not") or an unclear '
+        "name is rejected as ambiguous and nothing runs: send one action per request. A "
+        "destructive tool runs only after a read-only call finds the entry it acts on."
     )
 
 

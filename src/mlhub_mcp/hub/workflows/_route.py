@@ -4,6 +4,11 @@ The rules in ``_rules`` route by default. When ``GROQ_API_KEY`` is set, an LLM
 on Groq classifies the request into a tool call instead. ``GROQ_BASE_URL``
 overrides the API address and ``MLHUB_ROUTE_MODEL`` the model. The rules take
 over when the request fails or the response is not a valid tool call.
+
+Nothing runs for an ambiguous request: the rules reject one with several
+actions, a negation or an unclear name, and a destructive tool chosen by the
+LLM is rejected for several actions or a negation. Before a destructive tool
+runs, a read-only call checks that the entry it acts on exists.
 """
 
 import json
@@ -23,8 +28,15 @@ from mlhub_mcp.hub.workflows._base import (
     WorkflowError,
     call_tool,
     define_tool,
+    is_destructive,
 )
-from mlhub_mcp.hub.workflows._rules import ACTIONS, match_rules, rule_summaries
+from mlhub_mcp.hub.workflows._rules import (
+    ACTIONS,
+    ambiguity,
+    match_rules,
+    rule_summaries,
+    unclear_names,
+)
 
 if TYPE_CHECKING:
     from mlhub_mcp.hub.server import Hub
@@ -56,6 +68,16 @@ Action = Literal[
 ]
 Target = Literal["model", "dataset", "deployment", "execution"]
 Method = Literal["structured", "rules", "llm"]
+
+# Read-only lookups that must find the entry before a destructive tool runs:
+# the tool, then the lookup tool and the arguments it shares with the tool.
+EXISTENCE_CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "delete_model": ("get_model", ("name", "version")),
+    "delete_dataset": ("get_dataset", ("name",)),
+    "delete_deployment": ("get_deployment", ("name",)),
+    "delete_execution": ("get_execution", ("execution_id",)),
+    "cancel_execution": ("get_execution", ("execution_id",)),
+}
 
 
 class StructuredRequest(BaseModel):
@@ -100,6 +122,11 @@ class RouteOutput(BaseModel):
     arguments: dict[str, Any] | None
     reason: str = Field(description="why this route was chosen, or why none was")
     llm_error: str | None = Field(description="why the LLM's choice was not used, if it was asked")
+    ambiguous: bool = Field(
+        default=False,
+        description="true when nothing ran because the request is unclear: several actions, "
+        "a negation, or a name that may not be what was meant",
+    )
     missing_arguments: list[str] = Field(default_factory=list)
     executed: bool
     result: Any = None
@@ -115,6 +142,18 @@ class Choice:
     arguments: dict[str, Any]
     reason: str
     missing: list[str]
+
+
+class AmbiguousRequest(Exception):
+    """A request that could mean more than one call, so no route is taken."""
+
+    def __init__(self, method: Method, reason: str, choice: Choice | None = None) -> None:
+        self.method = method
+        self.reason = reason
+        self.choice = choice
+        # Why the LLM's route was not used, when the rules found the ambiguity after it failed.
+        self.llm_error: str | None = None
+        super().__init__(reason)
 
 
 def _scrub(text: str) -> str:
@@ -156,7 +195,16 @@ def route_structured(request: StructuredRequest, tools: dict[str, types.Tool]) -
 
 
 def route_rules(text: str, tools: dict[str, types.Tool]) -> Choice | None:
-    """Return the route of the first matching rule whose tool the hub serves, or None."""
+    """Return the route of the first matching rule whose tool the hub serves, or None.
+
+    Raises:
+        AmbiguousRequest: The request has several actions, a negation, or a
+            name that the rule may have misread.
+    """
+    problem = ambiguity(text)
+    if problem is not None:
+        raise AmbiguousRequest("rules", problem)
+
     found = match_rules(text)
     if found is None or found.tool not in tools:
         return None
@@ -164,7 +212,12 @@ def route_rules(text: str, tools: dict[str, types.Tool]) -> Choice | None:
         set(found.missing) | set(_missing_required(tools[found.tool], found.arguments))
     )
     reason = f"rule '{found.rule}' matched the request"
-    return Choice("rules", found.tool, found.arguments, reason, missing)
+    choice = Choice("rules", found.tool, found.arguments, reason, missing)
+
+    problem = unclear_names(text, found)
+    if problem is not None:
+        raise AmbiguousRequest("rules", problem, choice)
+    return choice
 
 
 def _catalogue(tools: dict[str, types.Tool]) -> list[dict[str, Any]]:
@@ -286,6 +339,7 @@ async def choose_route(
     Raises:
         WorkflowError: mode 'llm' was asked for without GROQ_API_KEY, or a
             structured request names no tool.
+        AmbiguousRequest: The request could mean more than one call.
     """
     if isinstance(params.request, StructuredRequest):
         return route_structured(params.request, tools), None
@@ -298,17 +352,73 @@ async def choose_route(
     llm_error = None
     if params.mode == "llm" or (params.mode == "auto" and has_key):
         try:
-            return await ask_llm(text, tools), None
+            choice = await ask_llm(text, tools)
         except LLMRouteFailed as exc:
             llm_error = str(exc)
             logger.warning("llm routing failed, using the rules: %s", llm_error)
+        else:
+            # The LLM may read past a negation or a second action, as the rules
+            # would, so a destructive choice needs a request with neither.
+            problem = ambiguity(text)
+            if problem is not None and is_destructive(tools[choice.tool]):
+                raise AmbiguousRequest("llm", problem, choice)
+            return choice, None
 
-    return route_rules(text, tools), llm_error
+    try:
+        return route_rules(text, tools), llm_error
+    except AmbiguousRequest as exc:
+        exc.llm_error = llm_error
+        raise
+
+
+def _ambiguous_outcome(hub: "Hub", exc: AmbiguousRequest) -> Outcome:
+    logger.info("route rejected an ambiguous request (%s): %s", exc.method, exc.reason)
+    choice = exc.choice
+    server = hub.routes.tools[choice.tool][0].name if choice else None
+    output = RouteOutput(
+        method=exc.method,
+        tool=choice.tool if choice else None,
+        server=server,
+        arguments=choice.arguments if choice else None,
+        reason=f"ambiguous: {exc.reason}",
+        llm_error=exc.llm_error,
+        ambiguous=True,
+        executed=False,
+    )
+    return Outcome(
+        output,
+        error=f"ambiguous request, so nothing was run: {exc.reason}. Ask for one action "
+        "per request, without negations, and name each model, dataset or deployment once, "
+        "or pass a structured request",
+    )
+
+
+async def _check_exists(hub: "Hub", choice: Choice) -> str | None:
+    """Look up the entry that a destructive tool acts on.
+
+    Returns why the tool cannot run, or None when the entry exists or the tool
+    names no entry.
+    """
+    lookup = EXISTENCE_CHECKS.get(choice.tool)
+    if lookup is None:
+        return None
+
+    getter, keys = lookup
+    arguments = {key: choice.arguments[key] for key in keys if key in choice.arguments}
+    try:
+        await call_tool(hub, getter, arguments)
+    except ToolCallFailed as exc:
+        return f"{getter} found no entry to act on: {exc.reason}"
+    return None
 
 
 async def run_route(hub: "Hub", params: RouteInput, progress: ProgressFn) -> Outcome:
     tools = _downstream_tools(hub)
-    choice, llm_error = await choose_route(params, tools)
+    try:
+        choice, llm_error = await choose_route(params, tools)
+    except AmbiguousRequest as exc:
+        return _ambiguous_outcome(hub, exc)
+
     if choice is None:
         output = RouteOutput(
             method=None,
@@ -344,12 +454,21 @@ async def run_route(hub: "Hub", params: RouteInput, progress: ProgressFn) -> Out
     if not params.execute:
         return Outcome(output)
 
-    destructive = bool(tool.annotations and tool.annotations.destructive_hint)
+    destructive = is_destructive(tool)
     if destructive and not params.allow_destructive:
         output.reason += (
             f"; not run because {choice.tool} is destructive and allow_destructive is false"
         )
         return Outcome(output)
+
+    if destructive:
+        problem = await _check_exists(hub, choice)
+        if problem is not None:
+            logger.info("route did not run %s: %s", choice.tool, problem)
+            output.error = problem
+            return Outcome(
+                output, error=f"routed to {choice.tool}, which was not run because {problem}"
+            )
 
     try:
         output.result = await call_tool(hub, choice.tool, choice.arguments, progress)
@@ -370,8 +489,10 @@ def route_tool() -> LocalTool:
             "to the right server and tool, and run it. Rules route by default; when "
             "GROQ_API_KEY is set an LLM classifies the request and the rules take over if "
             "it fails. The result names the tool, its server, the arguments and why it was "
-            "chosen. Destructive tools run only with allow_destructive=true; execute=false "
-            "only chooses the route."
+            "chosen. Destructive tools run only with allow_destructive=true, and only "
+            "after a read-only call finds the entry they act on; execute=false only "
+            "chooses the route. A request with several actions, a negation or an unclear "
+            "name is rejected as ambiguous and nothing runs."
         ),
         input_model=RouteInput,
         output_model=RouteOutput,

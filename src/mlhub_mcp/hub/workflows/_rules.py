@@ -4,6 +4,11 @@ Rules are tried in order and the first match wins, so the more specific rules
 (running, deploying, cancelling) come before the general ones (describing,
 listing). Names follow the platform's rule for model, dataset and deployment
 names: letters, digits, '.', '_' and '-', starting with a letter or digit.
+
+The rules read one action and the first name after each noun.
+``ambiguity`` and ``unclear_names`` find the requests they would misread:
+several actions, a negation, a name the route does not use, or a common word
+read as a name.
 """
 
 import re
@@ -11,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+_EVERY = r"\b(?:every|all|each|any)\s+(?:of\s+)?(?:the\s+|my\s+)?"
 _NAME = r"[`'\"]?(?P<{group}>[A-Za-z0-9][A-Za-z0-9._-]*?)[`'\"]?(?=[\s,;:!?)]|\.(?:\s|$)|$)"
 _FLAGS = re.IGNORECASE
 
@@ -153,7 +159,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "list executions",
         "list_executions",
-        r"\bexecutions\b",
+        r"\bexecutions\b|" + _EVERY + r"execution\b",
         lambda t: {
             "deployment": _group(_named("deployment", "d"), t, "d"),
             "status": _status(t),
@@ -218,19 +224,19 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "list models",
         "list_models",
-        r"\bmodels\b",
+        r"\bmodels\b|" + _EVERY + r"model\b",
         lambda t: {"task_type": _group(r"\b(?P<t>classification|regression)\b", t, "t")},
     ),
     Rule(
         "list datasets",
         "list_datasets",
-        r"\bdatasets\b",
+        r"\bdatasets\b|" + _EVERY + r"dataset\b",
         lambda t: {},
     ),
     Rule(
         "list deployments",
         "list_deployments",
-        r"\bdeployments\b",
+        r"\bdeployments\b|" + _EVERY + r"deployment\b",
         lambda t: {"environment": _environment(t)},
     ),
     Rule(
@@ -281,6 +287,86 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("delete", "deployment"): "delete_deployment",
     ("delete", "execution"): "delete_execution",
 }
+
+
+# Words that start an action, by kind of action. Words that are also common
+# nouns in this field ("test", "score") are left out.
+_ACTION_WORDS = {
+    "read": r"describe|show|list|get|display|preview|view",
+    "run": r"run|execute|evaluate|predict",
+    "deploy": r"deploy",
+    "cancel": r"cancel|stop|abort",
+    "delete": r"delete|remove|drop|erase|purge|destroy",
+    "register": r"register|upload|add|create",
+}
+_NEGATION = r"\b(?:not|never|without|dont|\w+n['’]t)\b"
+_SEPARATOR = r";|\n|\b(?:then|also|afterwards|after\s+that|as\s+well\s+as)\b"
+_NOUNS = ("model", "dataset", "deployment", "execution")
+
+# Words that the name pattern reads after a noun but that no one would name an
+# entry, e.g. "please" in "show me every model please".
+_NOT_NAMES = frozenset(
+    """a all an and any called each every first for here it its me my named now of on or
+    our please some that the then there these this those to too version versions what
+    which with your""".split()
+)
+
+
+def _mentions(text: str) -> list[tuple[str, str]]:
+    """Return (noun, name) for each entry the request names, such as ("model", "digits")."""
+    mentions = []
+    for noun in _NOUNS:
+        for found in re.finditer(_named(noun, "n"), text, _FLAGS):
+            if found.group("n").lower() not in _NOT_NAMES:
+                mentions.append((noun, found.group("n")))
+    return mentions
+
+
+def _without_names(text: str) -> str:
+    """Drop the names of entries, labels and new deployments, which may contain any word."""
+    text = re.sub(r"\b(" + "|".join(_NOUNS) + r")\s+" + _name("n"), r"\1", text, flags=_FLAGS)
+    text = re.sub(r"\blabel(?:\s+column)?\s+" + _name("n"), "label", text, flags=_FLAGS)
+    return re.sub(r"\bas\s+(?:deployment\s+)?" + _name("n"), "as", text, flags=_FLAGS)
+
+
+def ambiguity(text: str) -> str | None:
+    """Return why the rules cannot route ``text`` as one action, or None when they can.
+
+    The rules read one action and cannot tell what a negation excludes, so a
+    request with a negation, a separator such as ';' or 'then', or action
+    words of two kinds is ambiguous.
+    """
+    negation = _search(_NEGATION, text)
+    if negation:
+        return f"the request contains the negation {negation.group(0)!r}"
+
+    separator = _search(_SEPARATOR, text)
+    if separator:
+        return f"the request joins several actions with {separator.group(0).strip()!r}"
+
+    words = _without_names(text)
+    kinds = [kind for kind, verbs in _ACTION_WORDS.items() if _search(rf"\b(?:{verbs})\b", words)]
+    if len(kinds) > 1:
+        return f"the request asks for several kinds of action: {', '.join(kinds)}"
+    return None
+
+
+def unclear_names(text: str, found: RuleMatch) -> str | None:
+    """Return why the names in ``found`` may not be what ``text`` means, or None.
+
+    A name argument must not be a common word such as 'please', and every
+    entry the request names must be an argument of the route: a second model
+    name, for example, would otherwise be dropped without notice.
+    """
+    for key, value in found.arguments.items():
+        if isinstance(value, str) and value.lower() in _NOT_NAMES:
+            return f"{key} {value!r} is a common word, not a plausible name"
+
+    used = {str(value) for value in found.arguments.values()}
+    unused = [f"{noun} {name!r}" for noun, name in _mentions(text) if name not in used]
+    if unused:
+        return f"the request also names {', '.join(unused)}, which {found.tool} does not take"
+    return None
 
 
 def match_rules(text: str) -> RuleMatch | None:
