@@ -129,3 +129,37 @@ async def test_compare_fails_when_every_run_fails(client: Client) -> None:
     assert result.structured_content["ensemble_note"] == "0 run succeeded; a vote needs at least 2"
     assert text_of(result).startswith("every run failed: logreg-staging: ")
     assert "dataset 'ghost-dataset' not found" in text_of(result)
+
+
+async def test_compare_explains_a_metric_no_run_reports(client: Client) -> None:
+    arguments = {
+        "deployments": [DEPLOYMENTS["logreg"], DEPLOYMENTS["tree"]],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "metric": "rmse",
+        "ensemble": False,
+    }
+
+    output = await call(client, "workflow_compare", arguments)
+
+    assert output["best"] is None
+    assert output["best_note"].startswith(
+        "no run reported 'rmse', which is a regression metric, and the deployments are "
+        "classification models. Choose one of the metrics the runs reported: accuracy, "
+    )
+    assert "f1_macro" in output["best_note"]
+
+
+async def test_compare_has_no_note_with_a_best(client: Client) -> None:
+    arguments = {
+        "deployments": [DEPLOYMENTS["logreg"], DEPLOYMENTS["tree"]],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "metric": "accuracy",
+        "ensemble": False,
+    }
+
+    output = await call(client, "workflow_compare", arguments)
+
+    assert output["best"]["deployment"] == DEPLOYMENTS["logreg"]
+    assert output["best_note"] is None

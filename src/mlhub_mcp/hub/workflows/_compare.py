@@ -31,6 +31,7 @@ from mlhub_mcp.hub.workflows._scoring import (
     MetricName,
     is_better,
     scalar_metrics,
+    task_of_metric,
 )
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class CompareOutput(BaseModel):
     metric: str
     table: list[DeploymentRow] = Field(description="one row per deployment, in the given order")
     best: Best | None
+    best_note: str | None = Field(description="why best is null, when it is")
     ensemble: Ensemble | None
     ensemble_note: str | None = Field(description="why no ensemble was built, if none was")
 
@@ -182,6 +184,23 @@ def pick_best(rows: list[DeploymentRow], metric: str) -> Best | None:
         if best is None or is_better(value, best.value, metric):
             best = Best(deployment=row.deployment, metric=metric, value=value)
     return best
+
+
+def explain_no_best(rows: list[DeploymentRow], metric: str) -> str:
+    """Return why no deployment is the best by ``metric``, naming the metrics reported."""
+    succeeded = [row for row in rows if row.status == "succeeded"]
+    if not succeeded:
+        return "no run succeeded"
+
+    reported = ", ".join(sorted({name for row in succeeded for name in row.metrics}))
+    tasks = sorted({str(row.task_type) for row in succeeded})
+    note = f"no run reported {metric!r}"
+    if task_of_metric(metric) not in tasks:
+        note += (
+            f", which is a {task_of_metric(metric)} metric, and the deployments are "
+            f"{' and '.join(tasks)} models"
+        )
+    return f"{note}. Choose one of the metrics the runs reported: {reported or 'none'}"
 
 
 def majority_vote(predictions: list[list[Any]], priority: list[int]) -> tuple[list[Any], int, int]:
@@ -284,6 +303,7 @@ async def run_compare(hub: "Hub", params: CompareInput, progress: ProgressFn) ->
         metric=params.metric,
         table=rows,
         best=best,
+        best_note=explain_no_best(rows, params.metric) if best is None else None,
         ensemble=None,
         ensemble_note="not requested" if not params.ensemble else None,
     )
@@ -302,7 +322,8 @@ def compare_tool() -> LocalTool:
         title="Compare deployments on one dataset",
         description=(
             "Run 2 to 16 deployments on the same labelled dataset at the same time, then "
-            "return a table of their metrics, the best deployment by 'metric', and a "
+            "return a table of their metrics, the best deployment by 'metric' (or, when no "
+            "run reports that metric, a note naming the metrics they report), and a "
             "majority-vote ensemble of the classifiers with its own metrics (ties go to "
             "the best member's prediction). A run that fails is a table row with its "
             "error; the tool fails only when every run fails. Each run is recorded as an "
