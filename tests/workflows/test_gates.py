@@ -328,3 +328,33 @@ async def test_gate_rejects_a_step_on_other_entries(
     assert "'then' does not act on what the gate checks, so nothing was run" in text_of(result)
     assert message in text_of(result)
     assert after["executions"] == before["executions"]
+
+
+@pytest.mark.parametrize(
+    ("metric", "threshold", "message"),
+    [
+        ("accuracy", 1.2, "threshold 1.2 is out of range: accuracy is always between 0 and 1"),
+        ("f1_macro", -0.5, "threshold -0.5 is out of range: f1_macro is always between"),
+        ("r2", 1.5, "threshold 1.5 is out of range: r2 is always at most 1"),
+        ("rmse", -1.0, "threshold -1 is out of range: rmse is always at least 0"),
+    ],
+)
+async def test_promote_rejects_impossible_thresholds(
+    client: Client, metric: str, threshold: float, message: str
+) -> None:
+    before = await call(client, "list_executions", {"limit": 1})
+    arguments = {
+        "model_name": CLASSIFIERS["logreg"],
+        "dataset": HOLDOUT,
+        "label_column": "label",
+        "metric": metric,
+        "threshold": threshold,
+        "deployment_name": "logreg-impossible",
+    }
+
+    result = await call_failing(client, "workflow_promote", arguments)
+    after = await call(client, "list_executions", {"limit": 1})
+
+    assert message in text_of(result)
+    assert after["executions"] == before["executions"]
+    assert "logreg-impossible" not in await _deployment_names(client)

@@ -5,6 +5,7 @@ from mcp import Client
 
 from mlhub_mcp.hub.workflows._optimize import dyadic_thresholds
 from mlhub_mcp.hub.workflows._prompt_refiner import PromptRefiner, score_outputs
+from mlhub_mcp.hub.workflows._scoring import out_of_range
 from tests.groq_stub import Answer
 from tests.workflows.conftest import (
     BINARY_DEPLOYMENT,
@@ -215,3 +216,49 @@ async def test_optimize_rejects_a_metric_of_another_setting(client: Client) -> N
     result = await call_failing(client, "workflow_optimize", arguments)
 
     assert "metric 'recall' does not apply to tune='batch_size'" in text_of(result)
+
+
+def test_out_of_range_names_the_bounds() -> None:
+    assert out_of_range("accuracy", 1.0, "target") is None
+    assert out_of_range("r2", -3.0, "target") is None
+    assert out_of_range("duration_seconds", 0.0, "target") is None
+    assert out_of_range("nan_metric", float("nan"), "target") == (
+        "target must be a finite number, not nan"
+    )
+    assert out_of_range("mse", -0.5, "threshold") == (
+        "threshold -0.5 is out of range: mse is always at least 0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tune", "metric", "target", "message"),
+    [
+        ("threshold", "f1", 1.5, "target 1.5 is out of range: f1 is always between 0 and 1"),
+        ("threshold", "recall", -0.1, "target -0.1 is out of range: recall is always between"),
+        (
+            "batch_size",
+            "duration_seconds",
+            -1.0,
+            "target -1 is out of range: duration_seconds is always at least 0",
+        ),
+    ],
+)
+async def test_optimize_rejects_impossible_targets(
+    client: Client, tune: str, metric: str, target: float, message: str
+) -> None:
+    before = await call(client, "list_executions", {"limit": 1})
+    arguments = {
+        "tune": tune,
+        "deployment": BINARY_DEPLOYMENT,
+        "dataset": BINARY_HOLDOUT,
+        "label_column": "label",
+        "metric": metric,
+        "target": target,
+    }
+
+    result = await call_failing(client, "workflow_optimize", arguments)
+    after = await call(client, "list_executions", {"limit": 1})
+
+    assert message in text_of(result)
+    assert after["executions"] == before["executions"]
+

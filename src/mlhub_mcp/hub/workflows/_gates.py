@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import mcp.types as types
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mlhub_mcp.hub._local_tools import LocalTool, ProgressFn
 from mlhub_mcp.hub.workflows._base import (
@@ -32,7 +32,7 @@ from mlhub_mcp.hub.workflows._checks import (
     task_check,
 )
 from mlhub_mcp.hub.workflows._gated_step import check_step_allowed, step_mismatches
-from mlhub_mcp.hub.workflows._scoring import MetricName, scalar_metrics
+from mlhub_mcp.hub.workflows._scoring import MetricName, out_of_range, scalar_metrics
 
 if TYPE_CHECKING:
     from mlhub_mcp.hub.server import Hub
@@ -233,7 +233,11 @@ class PromoteInput(SizeLimits):
         description="Metric the gate compares; mae, mse and rmse must be at most the "
         "threshold, the others at least",
     )
-    threshold: float = Field(description="Value the metric must reach, e.g. 0.9 for accuracy")
+    threshold: float = Field(
+        description="Value the metric must reach, e.g. 0.9 for accuracy. It must be in the "
+        "metric's range: 0 to 1 for classification metrics, at most 1 for r2, at least 0 "
+        "for mae, mse and rmse"
+    )
     deployment_name: str = Field(description="Name of the production deployment to create")
     evaluation_deployment: str | None = Field(
         default=None,
@@ -247,6 +251,13 @@ class PromoteInput(SizeLimits):
         default=None, ge=1, le=1_000_000, description="Rows per batch for the evaluation"
     )
     threads: int = Field(default=1, ge=1, le=256, description="Inference threads of the deployment")
+
+    @model_validator(mode="after")
+    def _check_threshold(self) -> "PromoteInput":
+        problem = out_of_range(self.metric, self.threshold, "threshold")
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class Evaluation(BaseModel):

@@ -32,6 +32,7 @@ from mlhub_mcp.hub.workflows._base import (
     read_predictions,
 )
 from mlhub_mcp.hub.workflows._prompt_refiner import PromptRefiner, score_outputs
+from mlhub_mcp.hub.workflows._scoring import out_of_range
 
 if TYPE_CHECKING:
     from mlhub_mcp.hub.server import Hub
@@ -73,7 +74,10 @@ class OptimizeInput(BaseModel):
         "class, or accuracy; batch_size: rows_per_second or duration_seconds (lower is "
         "better); prompt_template: accuracy (exact match after lowercasing)"
     )
-    target: float = Field(description="Value to reach, e.g. 0.95; for duration_seconds a maximum")
+    target: float = Field(
+        description="Value to reach, e.g. 0.95; for duration_seconds a maximum. precision, "
+        "recall, f1 and accuracy targets must be between 0 and 1, the others at least 0"
+    )
     max_iterations: int = Field(default=8, ge=1, le=50, description="Evaluations before giving up")
     positive_label: str | int | None = Field(
         default=None, description="threshold: the positive class; the larger label when omitted"
@@ -105,6 +109,9 @@ class OptimizeInput(BaseModel):
             raise ValueError(f"tune={self.tune!r} needs 'label_column'")
         if self.tune == "prompt_template" and not (self.prompt_template or "").strip():
             raise ValueError("tune='prompt_template' needs a starting 'prompt_template'")
+        problem = out_of_range(self.metric, self.target, "target")
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 

@@ -1,5 +1,6 @@
 """Names of the execution metrics the workflows compare, and which way each improves."""
 
+import math
 from typing import Any, Literal
 
 # Keys of an execution's metrics, as computed by the execution server.
@@ -28,6 +29,39 @@ MetricName = Literal[
     "mse",
     "rmse",
 ]
+
+
+# The values each metric can take, as (lowest, highest); None where unbounded.
+# precision, recall and f1 are workflow_optimize's names for the positive class.
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    **dict.fromkeys((*CLASSIFICATION_METRICS, "precision", "recall", "f1"), (0.0, 1.0)),
+    "r2": (None, 1.0),
+    "mae": (0.0, None),
+    "mse": (0.0, None),
+    "rmse": (0.0, None),
+    "rows_per_second": (0.0, None),
+    "duration_seconds": (0.0, None),
+}
+
+
+def out_of_range(metric: str, value: float, argument: str) -> str | None:
+    """Return why ``value`` cannot be a target for ``metric``, or None when it can.
+
+    ``argument`` is the name of the input that contains ``value``, for the message.
+    """
+    if not math.isfinite(value):
+        return f"{argument} must be a finite number, not {value}"
+
+    low, high = METRIC_RANGES.get(metric, (None, None))
+    if (low is None or value >= low) and (high is None or value <= high):
+        return None
+    if low is not None and high is not None:
+        bounds = f"between {low:g} and {high:g}"
+    elif low is not None:
+        bounds = f"at least {low:g}"
+    else:
+        bounds = f"at most {high:g}"
+    return f"{argument} {value:g} is out of range: {metric} is always {bounds}"
 
 
 def task_of_metric(metric: str) -> str:
