@@ -262,3 +262,22 @@ async def test_optimize_rejects_impossible_targets(
     assert message in text_of(result)
     assert after["executions"] == before["executions"]
 
+
+async def test_prompt_template_needs_an_llm_deployment(client: Client) -> None:
+    arguments = {
+        "tune": "prompt_template",
+        "deployment": DEPLOYMENTS["tree"],
+        "dataset": REVIEWS,
+        "label_column": "label",
+        "metric": "accuracy",
+        "target": 0.9,
+        "prompt_template": TEMPLATE,
+    }
+
+    result = await call_failing(client, "workflow_optimize", arguments)
+
+    assert (
+        f"deployment '{DEPLOYMENTS['tree']}' is not an LLM deployment, and prompt_template "
+        "tuning needs one" in text_of(result)
+    )
+    assert "feature columns" not in text_of(result)

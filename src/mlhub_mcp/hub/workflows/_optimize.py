@@ -358,6 +358,14 @@ async def tune_prompt(
     hub: "Hub", params: OptimizeInput, progress: MonotonicProgress
 ) -> OptimizeOutput:
     assert params.prompt_template is not None and params.label_column is not None
+    deployment = await call_tool(hub, "get_deployment", {"name": params.deployment})
+    if deployment["model_kind"] != "llm":
+        raise WorkflowError(
+            f"deployment {params.deployment!r} is not an LLM deployment, and prompt_template "
+            f"tuning needs one (its model {deployment['model_name']!r} is "
+            f"{deployment['model_kind']})"
+        )
+
     refiner = PromptRefiner(params.prompt_template, params.examples_per_round)
     iterations: list[Iteration] = []
     stopped = f"the budget of {params.max_iterations} iterations was spent"
