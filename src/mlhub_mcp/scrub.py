@@ -50,10 +50,27 @@ _SECRET_KEY_WORDS = (
 _URI_USERINFO = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/?#@\s]*):(?P<password>[^@/?#\s]+)@"
 )
-_AUTH_SCHEME = re.compile(r"(?i)\b(?P<scheme>bearer|basic)\s+(?P<value>[A-Za-z0-9._~+/=-]+)")
+# Punctuation that ends a sentence or closes a bracket around a URL. A run of
+# it at the end of a value is left in the text, so "(https://h/?token=x)."
+# keeps its ")." after masking.
+_TRAILING_PUNCTUATION = r"[)\]>.!?:]*"
+
+# Words that name a credential without being one, as in "wrong bearer token".
+_CREDENTIAL_WORD = re.compile(r"(?i)token|tokens|credentials?|auth|authentication|header|scheme")
+_AUTH_VALUE_CHAR = r"[A-Za-z0-9._~+/=-]"
+_AUTH_SCHEME = re.compile(
+    r"(?i)\b(?P<scheme>bearer|basic)"
+    r"(?P<word>\s+(?:token|credentials?)(?=\s))?"
+    r"\s+(?P<value>" + _AUTH_VALUE_CHAR + r"+?)"
+    r"(?=\.*(?!" + _AUTH_VALUE_CHAR + r"))"
+)
+# After "bearer token", a value counts as a secret when it has a digit or is
+# this long; shorter plain words ("bearer token for /mcp") stay readable.
+_MIN_PLAIN_SECRET_LENGTH = 16
 _KEY_VALUE = re.compile(
     r"(?i)(?P<key>[A-Za-z0-9_.-]*" + _SECRET_KEY_WORDS + r"[A-Za-z0-9_.-]*)"
-    r"(?P<sep>\s*[=:]\s*|\"\s*:\s*\")(?P<value>[^\s&\"',;}]+)"
+    r"(?P<sep>\s*[=:]\s*|\"\s*:\s*\")(?P<value>[^\s&\"',;}]+?)"
+    r"(?=" + _TRAILING_PUNCTUATION + r"(?:[\s&\"',;}]|$))"
 )
 
 _SECRET_NAME = re.compile(r"(?i)" + _SECRET_KEY_WORDS + r"|^key$|_key$")
@@ -119,9 +136,22 @@ def scrub_text(text: str) -> str:
             text = text.replace(secret, MASK)
 
     text = _URI_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    text = _AUTH_SCHEME.sub(lambda m: f"{m['scheme']} {MASK}", text)
+    text = _AUTH_SCHEME.sub(_mask_auth_value, text)
     text = _KEY_VALUE.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
     return text
+
+
+def _mask_auth_value(match: re.Match[str]) -> str:
+    value = match["value"]
+    if _CREDENTIAL_WORD.fullmatch(value):
+        return match[0]
+
+    word = match["word"] or ""
+    has_digit = any(char.isdigit() for char in value)
+    if word and not has_digit and len(value) < _MIN_PLAIN_SECRET_LENGTH:
+        return match[0]
+
+    return f"{match['scheme']}{word} {MASK}"
 
 
 def scrub_value(value: Any) -> Any:

@@ -137,3 +137,23 @@ def test_scrub_masks_common_secret_forms() -> None:
 
     for raw, expected in cases.items():
         assert scrub_text(raw) == expected
+
+
+def test_scrub_keeps_words_and_punctuation() -> None:
+    cases = {
+        "rejected a request for /mcp: wrong bearer token": (
+            "rejected a request for /mcp: wrong bearer token"
+        ),
+        "missing bearer token.": "missing bearer token.",
+        "Authorization: Basic credentials": "Authorization: Basic credentials",
+        "Bearer token abc123": "Bearer token ***",
+        "Bearer token-abc123": "Bearer ***",
+        "(see https://h/x?token=abc123)": "(see https://h/x?token=***)",
+        "[docs](https://h/x?api_key=k1).": "[docs](https://h/x?api_key=***).",
+        "password=a)b": "password=***",
+        "Authorization: Bearer abc.def.": "Authorization: Bearer ***.",
+        "open http://u:pw@h/x).": "open http://u:***@h/x).",
+    }
+
+    for raw, expected in cases.items():
+        assert scrub_text(raw) == expected, raw
