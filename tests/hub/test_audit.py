@@ -3,13 +3,18 @@
 import hashlib
 import json
 import logging
+from typing import Any
 
+import mcp.types as types
 import pytest
-from mcp import MCPError
+from mcp import Client, MCPError
 
 from mlhub_mcp.config import ServerSettings, Settings
+from mlhub_mcp.errors import InvalidInput
+from mlhub_mcp.hub._local_tools import LocalTool
+from mlhub_mcp.hub.server import create_hub_server
 from mlhub_mcp.scrub import scrub_text
-from tests.hub.conftest import hub_client
+from tests.hub.conftest import hub_client, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -137,6 +142,45 @@ def test_scrub_masks_common_secret_forms() -> None:
 
     for raw, expected in cases.items():
         assert scrub_text(raw) == expected
+
+
+async def test_audit_log_bad_cursor(
+    hub_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    async with hub_client(hub_settings) as client:
+        garbage = await client.call_tool("get_audit_log", {"cursor": "garbage"})
+        wrong_type = await client.call_tool("get_audit_log", {"cursor": 5})
+
+    assert garbage.is_error
+    assert "cursor" in text_of(garbage)
+    assert "'garbage'" in text_of(garbage)
+    assert wrong_type.is_error
+    assert "cursor" in text_of(wrong_type)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_hub_tool_errors_are_results(hub_settings: Settings) -> None:
+    async def invalid(hub: Any, arguments: dict[str, Any], progress: Any) -> Any:
+        raise InvalidInput("invalid value for 'size': -1")
+
+    async def crash(hub: Any, arguments: dict[str, Any], progress: Any) -> Any:
+        raise RuntimeError("boom")
+
+    schema = {"type": "object"}
+    tools = [
+        LocalTool(types.Tool(name="invalid", input_schema=schema), invalid),
+        LocalTool(types.Tool(name="crash", input_schema=schema), crash),
+    ]
+    server = create_hub_server(hub_settings, local_tools=tools)
+    async with Client(server, mode="legacy") as client:
+        invalid_result = await client.call_tool("invalid", {})
+        crash_result = await client.call_tool("crash", {})
+
+    assert invalid_result.is_error
+    assert text_of(invalid_result) == "invalid value for 'size': -1"
+    assert crash_result.is_error
+    assert "RuntimeError: boom" in text_of(crash_result)
 
 
 def test_scrub_keeps_words_and_punctuation() -> None:

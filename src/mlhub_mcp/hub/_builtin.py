@@ -4,7 +4,9 @@ import json
 from typing import Any
 
 import mcp.types as types
+from mcp import MCPError
 
+from mlhub_mcp.errors import BackendUnavailable, InvalidInput
 from mlhub_mcp.hub._hub import Hub, LocalResource, error_result
 from mlhub_mcp.hub._local_tools import LocalTool, ProgressFn
 
@@ -145,7 +147,14 @@ async def _audit(hub: Hub, arguments: dict[str, Any], progress: ProgressFn) -> t
     except ValueError as exc:
         return error_result(f"invalid arguments for {AUDIT_TOOL}: {exc}")
 
-    entries, next_cursor = await hub.audit.find(filters, limit, cursor)
+    try:
+        entries, next_cursor = await hub.audit.find(filters, limit, cursor)
+    except InvalidInput as exc:
+        # The catalog checks the cursor's format: "invalid cursor '...'".
+        return error_result(f"invalid arguments for {AUDIT_TOOL}: {exc}")
+    except BackendUnavailable as exc:
+        return error_result(str(exc))
+
     return _json_result({"entries": entries, "next_cursor": next_cursor})
 
 
@@ -156,7 +165,11 @@ async def _read_status(hub: Hub) -> types.ReadResourceResult:
 
 
 async def _read_audit(hub: Hub) -> types.ReadResourceResult:
-    entries, _ = await hub.audit.find({}, _AUDIT_RESOURCE_ENTRIES, None)
+    try:
+        entries, _ = await hub.audit.find({}, _AUDIT_RESOURCE_ENTRIES, None)
+    except BackendUnavailable as exc:
+        raise MCPError(types.INTERNAL_ERROR, str(exc)) from exc
+
     text = json.dumps({"entries": entries}, indent=2)
     contents = types.TextResourceContents(uri=AUDIT_URI, text=text, mime_type="application/json")
     return types.ReadResourceResult(contents=[contents])

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import mcp.types as types
 from mcp import MCPError
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_PARAMS, REQUEST_TIMEOUT
 
 from mlhub_mcp.config import Settings
@@ -26,7 +27,7 @@ from mlhub_mcp.hub._downstream import Downstream, DownstreamUnavailable, ServerS
 from mlhub_mcp.hub._local_tools import LocalPrompt, LocalTool, ProgressFn
 from mlhub_mcp.hub._notify import ClientNotifier, ListingChange
 from mlhub_mcp.hub._routing import RoutingTable
-from mlhub_mcp.scrub import install_log_scrubbing
+from mlhub_mcp.scrub import install_log_scrubbing, scrub_text
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,16 @@ class Hub:
         token = current_caller.set(replace(caller, via=local.tool.name))
         try:
             return await local.handler(self, arguments, progress or _ignore_progress)
+        except MCPError:
+            # A protocol error is meant for the client as a JSON-RPC error.
+            raise
+        except ToolError as exc:
+            return error_result(str(exc))
+        except Exception as exc:
+            # The low-level server would turn this into a JSON-RPC error with code 0.
+            logger.exception("hub tool %s failed", local.tool.name)
+            detail = scrub_text(f"{type(exc).__name__}: {exc}")
+            return error_result(f"tool {local.tool.name!r} failed on an internal error: {detail}")
         finally:
             current_caller.reset(token)
 
