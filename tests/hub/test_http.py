@@ -1,5 +1,6 @@
 """The hub over streamable HTTP and SSE: security, concurrency, and downstream transports."""
 
+import logging
 from pathlib import Path
 
 import anyio
@@ -14,6 +15,7 @@ from tests.hub.conftest import (
     TOKEN,
     connect,
     echo_process,
+    echo_stdio,
     http_hub,
     hub_client,
     marks,
@@ -65,6 +67,29 @@ async def test_body_over_the_limit_is_rejected(hub_settings: Settings) -> None:
         )
 
     assert response.status_code == 413
+
+
+async def test_health_degraded_on_conflict(
+    hub_settings: Settings, echo_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clash = echo_stdio("b", echo_dir)
+    clash.prefix = "a_"
+    hub_settings.servers["b"] = clash
+    caplog.set_level(logging.INFO)
+
+    async with http_hub(hub_settings) as (url, _), httpx2.AsyncClient() as http:
+        response = await http.get(f"{url}/health")
+        async with connect(url) as client:
+            status = await client.call_tool("hub_status", {})
+            await client.call_tool("a_echo", {"text": "x"})
+
+    conflict_logs = [r for r in caplog.records if "left out of the hub" in r.getMessage()]
+    assert response.json() == {
+        "status": "degraded",
+        "servers": [{"name": "a", "state": "ready"}, {"name": "b", "state": "conflict"}],
+    }
+    assert status.structured_content["ready"] is False
+    assert len(conflict_logs) == 1
 
 
 def test_non_loopback_bind_requires_a_token(

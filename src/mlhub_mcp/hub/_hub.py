@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 HUB_SERVER_NAME = "hub"
 
+# The /health state of a ready server left out because of a name conflict.
+CONFLICT_STATE = "conflict"
+
 ResourceReader = Callable[["Hub"], Awaitable[types.ReadResourceResult]]
 
 
@@ -63,10 +66,11 @@ class Hub:
     def rebuild_routes(self) -> ListingChange:
         """Index the ready servers' listings again and return which listings changed."""
         before = _fingerprints(self.routes)
+        previous_conflicts = self.routes.conflicts
         reserved = set(self.local_tools) | {f"prompt:{name}" for name in self.local_prompts}
         self.routes = RoutingTable.build(self.downstreams, reserved=reserved, strict=False)
-        for name, reason in self.routes.conflicts.items():
-            logger.error("server %s left out of the hub: %s", name, reason)
+        ready = {d.name for d in self.downstreams if d.state is ServerState.READY}
+        _log_conflict_changes(previous_conflicts, self.routes.conflicts, ready)
 
         after = _fingerprints(self.routes)
         return ListingChange(*(old != new for old, new in zip(before, after, strict=True)))
@@ -237,10 +241,20 @@ class Hub:
         return {"ready": ready, "servers": servers, "audit": self.audit.status()}
 
     def health(self) -> dict[str, Any]:
-        """Report the overall state and each server's state, and nothing else."""
-        servers = [{"name": d.name, "state": str(d.state)} for d in self.downstreams]
-        ready = all(d.state is ServerState.READY for d in self.downstreams)
-        return {"status": "ok" if ready else "degraded", "servers": servers}
+        """Report the overall state and each server's state, and nothing else.
+
+        A ready server left out because of a name conflict has the state
+        ``conflict``, and makes the hub ``degraded`` like a server that is down.
+        """
+        servers = []
+        for downstream in self.downstreams:
+            state = str(downstream.state)
+            if downstream.name in self.routes.conflicts:
+                state = CONFLICT_STATE
+            servers.append({"name": downstream.name, "state": state})
+
+        ok = all(server["state"] == ServerState.READY for server in servers)
+        return {"status": "ok" if ok else "degraded", "servers": servers}
 
 
 async def _request(server: Downstream, kind: str, name: str, send: Callable[[Any], Any]) -> Any:
@@ -259,6 +273,17 @@ async def _request(server: Downstream, kind: str, name: str, send: Callable[[Any
             raise
 
     raise MCPError(REQUEST_TIMEOUT, _timeout_message(server, kind, name))
+
+
+def _log_conflict_changes(before: dict[str, str], after: dict[str, str], ready: set[str]) -> None:
+    # The routes are rebuilt on every start, stop and listing change of any
+    # server, so only a new or changed conflict is logged, not every rebuild.
+    for name, reason in after.items():
+        if before.get(name) != reason:
+            logger.error("server %s left out of the hub: %s", name, reason)
+
+    for name in (before.keys() - after.keys()) & ready:
+        logger.info("server %s joined the hub: its names no longer conflict", name)
 
 
 def _is_connection_closed(exc: MCPError) -> bool:
