@@ -1,11 +1,14 @@
 """The hub over streamable HTTP and SSE: security, concurrency, and downstream transports."""
 
+import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import httpx2
 import pytest
+from mcp import MCPError
 
 from mlhub_mcp.config import ServerSettings, Settings
 from mlhub_mcp.errors import ConfigurationError
@@ -67,6 +70,98 @@ async def test_body_over_the_limit_is_rejected(hub_settings: Settings) -> None:
         )
 
     assert response.status_code == 413
+    assert response.json()["id"] is None
+
+
+def _oversized_call(request_id: int | str, size: int = 3000) -> bytes:
+    call = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": "a_echo", "arguments": {"text": "x" * size}},
+    }
+    return json.dumps(call).encode()
+
+
+async def _chunks(body: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), 500):
+        yield body[start : start + 500]
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
+async def test_oversized_request_jsonrpc_error(hub_settings: Settings, streamed: bool) -> None:
+    hub_settings.http.max_request_body_bytes = 2000
+    body = _oversized_call(7)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    async with http_hub(hub_settings) as (url, _), httpx2.AsyncClient() as http:
+        content = _chunks(body) if streamed else body
+        response = await http.post(f"{url}/mcp", content=content, headers=headers)
+
+    reply = response.json()
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/json"
+    assert reply["jsonrpc"] == "2.0"
+    assert reply["id"] == 7
+    assert reply["error"]["code"] == -32600
+    assert "2000 bytes" in reply["error"]["message"]
+    assert "max_request_body_bytes" in reply["error"]["message"]
+
+
+async def test_body_limit_error_over_http(hub_settings: Settings) -> None:
+    hub_settings.http.max_request_body_bytes = 2000
+    async with http_hub(hub_settings) as (url, _), connect(url) as client:
+        with anyio.fail_after(10), pytest.raises(MCPError) as error:
+            await client.call_tool("a_echo", {"text": "x" * 3000})
+        small = await client.call_tool("a_echo", {"text": "still works"})
+
+    assert error.value.code == -32600
+    assert "max_request_body_bytes" in error.value.message
+    assert text_of(small) == "still works"
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_body_limit_error_over_sse(hub_settings: Settings, mode: str) -> None:
+    hub_settings.http.max_request_body_bytes = 2000
+    async with http_hub(hub_settings, transport="sse") as (url, _):
+        async with connect(url, "sse", mode=mode) as client:
+            with anyio.fail_after(10), pytest.raises(MCPError) as error:
+                await client.call_tool("a_echo", {"text": "x" * 3000}, read_timeout_seconds=30)
+
+        async with httpx2.AsyncClient() as http:
+            post = await http.post(
+                f"{url}/messages/?session_id={'0' * 32}",
+                content=_oversized_call("call-1"),
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            )
+
+    assert error.value.code == -32600
+    assert "2000 bytes" in error.value.message
+    assert post.status_code == 413
+    assert post.json()["id"] == "call-1"
+    assert "max_request_body_bytes" in post.json()["error"]["message"]
+
+
+async def test_rejections_logged_without_token(
+    hub_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub_settings.http.max_request_body_bytes = 2000
+    caplog.set_level(logging.WARNING)
+    async with http_hub(hub_settings) as (url, _), httpx2.AsyncClient() as http:
+        await http.post(f"{url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        await http.post(
+            f"{url}/mcp",
+            content=_oversized_call(2),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    missing = [m for m in warnings if "missing bearer token" in m]
+    too_large = [m for m in warnings if "max_request_body_bytes" in m]
+    assert len(missing) == 1
+    assert "/mcp from 127.0.0.1:" in missing[0]
+    assert len(too_large) == 1
+    assert "/mcp from 127.0.0.1:" in too_large[0]
+    assert TOKEN not in caplog.text
 
 
 async def test_health_degraded_on_conflict(

@@ -8,12 +8,14 @@ Routes:
   which register_model and register_dataset accept as ``path``.
 - ``GET /health``: the overall state and each server's state, without auth.
 
-Every route passes `HttpGuard` (Host, Origin, bearer token). The hub starts
-once in the app's lifespan; the SDK's per-connection lifespan reuses it.
+Every route passes `HttpGuard` (Host, Origin, bearer token), and the MCP
+endpoints `JsonRpcBodyLimit`. The hub starts once in the app's lifespan; the
+SDK's per-connection lifespan reuses it.
 """
 
 import hashlib
 import logging
+import re
 import shutil
 import socket
 import time
@@ -21,24 +23,30 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
+from uuid import UUID
 
 import anyio
+import mcp.types as types
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import (
     StreamableHTTPASGIApp,
     StreamableHTTPSessionManager,
 )
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.message import SessionMessage
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import Message, Scope
 
 from mlhub_mcp.config import Settings
 from mlhub_mcp.errors import InvalidInput
 from mlhub_mcp.http_security import (
     HUB_TOKEN_ENV,
     HttpGuard,
+    JsonRpcBodyLimit,
     check_bind,
     resolve_token,
     transport_security,
@@ -50,6 +58,18 @@ from mlhub_mcp.paths import check_file_name
 logger = logging.getLogger(__name__)
 
 UPLOADS_DIR = "uploads"
+
+# Added to the 413 message of an oversized MCP request.
+_BODY_LIMIT_HINT = (
+    "To send a large file, upload it with PUT /uploads/{file_name} and pass the returned path."
+)
+
+# The session id in the SSE endpoint event, e.g. "data: /messages/?session_id=<hex>".
+_ENDPOINT_EVENT = re.compile(rb"event: endpoint\r?\ndata: [^\r\n]*[?&]session_id=([0-9A-Fa-f-]+)")
+
+# Maximum wait to put an error on a client's SSE stream, because a client that
+# does not read its stream must not hold up the response to its rejected POST.
+_SSE_ERROR_SEND_SECONDS = 5.0
 
 
 def uploads_dir(settings: Settings) -> Path:
@@ -109,40 +129,97 @@ def build_hub_app(
 def _streamable_http(
     server: HubServer, settings: Settings, security: TransportSecuritySettings
 ) -> tuple[list[Any], Any]:
+    limit = settings.http.max_request_body_bytes
     manager = StreamableHTTPSessionManager(
         app=server,
         security_settings=security,
-        max_request_body_size=settings.http.max_request_body_bytes,
+        max_request_body_size=limit,
     )
+    endpoint = JsonRpcBodyLimit(StreamableHTTPASGIApp(manager), limit, _BODY_LIMIT_HINT)
 
-    return [Route("/mcp", endpoint=StreamableHTTPASGIApp(manager))], manager.run
+    return [Route("/mcp", endpoint=endpoint)], manager.run
+
+
+class _SseSession:
+    """An open SSE connection: its session id and the stream of messages to its client."""
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.writer: Any = None
 
 
 def _sse(
     server: HubServer, settings: Settings, security: TransportSecuritySettings
 ) -> tuple[list[Any], Any]:
+    limit = settings.http.max_request_body_bytes
     sse = SseServerTransport(
         "/messages/",
         security_settings=security,
-        max_request_body_size=settings.http.max_request_body_bytes,
+        max_request_body_size=limit,
     )
+    sessions: dict[str, _SseSession] = {}
 
     async def connect(request: Request) -> Response:
-        async with sse.connect_sse(request.scope, request.receive, request._send) as streams:
-            # Server.run enters the server lifespan for each connection;
-            # HubServer.running hands it the hub this app already started.
-            await server.run(streams[0], streams[1], server.create_initialization_options())
+        session = _SseSession()
+
+        # The SDK picks the session id and sends it only in the endpoint event,
+        # so it is read there to map the id to this connection's stream.
+        async def send(message: Message) -> None:
+            if session.id is None and message["type"] == "http.response.body":
+                found = _ENDPOINT_EVENT.search(message.get("body", b""))
+                session.id = _session_key(found[1].decode()) if found else None
+                if session.id is not None:
+                    sessions[session.id] = session
+            await request._send(message)
+
+        try:
+            async with sse.connect_sse(request.scope, request.receive, send) as streams:
+                session.writer = streams[1]
+                # Server.run enters the server lifespan for each connection;
+                # HubServer.running hands it the hub this app already started.
+                await server.run(streams[0], streams[1], server.create_initialization_options())
+        finally:
+            if session.id is not None:
+                sessions.pop(session.id, None)
         return Response()
+
+    async def send_error_on_stream(
+        scope: Scope, request_id: types.RequestId, error: types.ErrorData
+    ) -> None:
+        # An SSE client reads responses only from its stream, not from the POST,
+        # so the error goes there too, or the request would wait for its timeout.
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        key = _session_key(query.get("session_id", [""])[0])
+        session = sessions.get(key) if key else None
+        if session is None or session.writer is None:
+            return
+
+        reply = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
+        with anyio.move_on_after(_SSE_ERROR_SEND_SECONDS):
+            try:
+                await session.writer.send(SessionMessage(reply))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                logger.debug("SSE session %s closed before the 413 error was sent", key)
 
     @asynccontextmanager
     async def nothing_to_run() -> AsyncIterator[None]:
         yield
 
+    post_message = JsonRpcBodyLimit(
+        sse.handle_post_message, limit, _BODY_LIMIT_HINT, on_reject=send_error_on_stream
+    )
     routes = [
         Route("/sse", connect, methods=["GET"]),
-        Mount("/messages/", app=sse.handle_post_message),
+        Mount("/messages/", app=post_message),
     ]
     return routes, nothing_to_run
+
+
+def _session_key(value: str) -> str | None:
+    try:
+        return UUID(hex=value).hex
+    except ValueError:
+        return None
 
 
 async def receive_upload(request: Request, settings: Settings) -> Response:
