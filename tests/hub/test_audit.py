@@ -26,11 +26,13 @@ AUDIT_FIELDS = {
     "sender_name",
     "sender_version",
     "via",
+    "client_address",
     "server",
     "message_type",
     "operation",
     "payload_bytes",
     "payload_sha256",
+    "file_name",
     "duration_ms",
     "outcome",
     "error_code",
@@ -63,6 +65,9 @@ async def test_audit_records_each_routed_call(hub_settings: Settings) -> None:
     assert echo["payload_bytes"] == len(canonical.encode())
     assert echo["payload_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
     assert echo["duration_ms"] > 0
+    # In process there is no HTTP client address, and only uploads have a file name.
+    assert echo["client_address"] is None
+    assert echo["file_name"] is None
     assert by_operation["a_fail"]["outcome"] == "is_error"
     assert "broken" in by_operation["a_fail"]["error"]
     assert by_operation["nowhere://x"]["outcome"] == "protocol_error"

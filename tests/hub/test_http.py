@@ -262,3 +262,14 @@ async def test_downstream_over_network_transports(
     # The same server without the token is rejected with 401.
     assert servers["anonymous"]["state"] == "failed"
     assert token not in str(status.structured_content)
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+async def test_audit_records_client_address(hub_settings: Settings, transport: str) -> None:
+    async with http_hub(hub_settings, transport=transport) as (url, _):
+        async with connect(url, transport) as client:
+            await client.call_tool("a_echo", {"text": "x"})
+            page = await client.call_tool("get_audit_log", {"operation": "a_echo"})
+
+    [entry] = page.structured_content["entries"]
+    assert entry["client_address"].startswith("127.0.0.1:")

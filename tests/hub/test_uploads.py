@@ -1,5 +1,6 @@
 """Uploads of large files to the hub over HTTP, then registered through the model server."""
 
+import hashlib
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,3 +96,37 @@ async def test_upload_rejects_bad_names_and_oversize(hub_settings: Settings) -> 
     assert chunked.status_code == 413
     assert small.status_code == 201
     assert [p.name for p in uploads.rglob("*") if p.is_file()] == ["small.csv"]
+
+
+async def test_uploads_are_audited(hub_settings: Settings) -> None:
+    hub_settings.http.max_upload_bytes = 1000
+    content = b"a,b\n1,2\n"
+
+    async with http_hub(hub_settings) as (url, _), httpx2.AsyncClient() as http:
+        stored = await http.put(f"{url}/uploads/small.csv", content=content, headers=_AUTH)
+        too_large = await http.put(f"{url}/uploads/big.csv", content=b"x" * 5000, headers=_AUTH)
+        bad_name = await http.put(f"{url}/uploads/.hidden", content=b"x", headers=_AUTH)
+        async with connect(url) as client:
+            page = await client.call_tool("get_audit_log", {"operation": "upload"})
+
+    entries = {e["file_name"]: e for e in page.structured_content["entries"]}
+    assert stored.status_code == 201
+    assert too_large.status_code == 413
+    assert bad_name.status_code == 400
+    assert set(entries) == {"small.csv", "big.csv", ".hidden"}
+
+    ok = entries["small.csv"]
+    assert ok["operation"] == "upload"
+    assert ok["message_type"] == "PUT /uploads"
+    assert ok["server"] == "hub"
+    assert ok["outcome"] == "ok"
+    assert ok["payload_bytes"] == len(content)
+    assert ok["payload_sha256"] == hashlib.sha256(content).hexdigest()
+    assert ok["client_address"].startswith("127.0.0.1:")
+
+    assert entries["big.csv"]["outcome"] == "rejected"
+    assert entries["big.csv"]["error_code"] == 413
+    assert "max_upload_bytes" in entries["big.csv"]["error"]
+    assert entries["big.csv"]["payload_sha256"] is None
+    assert entries[".hidden"]["outcome"] == "rejected"
+    assert entries[".hidden"]["error_code"] == 400

@@ -1,15 +1,19 @@
 """The audit trail: one catalog entry in the "audit" collection per call the hub routes.
 
 Each entry records the caller (protocol version, message id, client name and
-version) and the target (server, message type, operation). It also records
-the size and SHA-256 digest of the arguments, never the arguments themselves,
-and the duration and outcome of the call. Outcomes:
+version, and the client's address over HTTP) and the target (server, message
+type, operation). It also records the size and SHA-256 digest of the
+arguments, never the arguments themselves, and the duration and outcome of
+the call. An upload over HTTP (operation ``upload``) records the file name
+and the size and SHA-256 of the file. Outcomes:
 
-- ``ok``: a result without ``is_error``.
+- ``ok``: a result without ``is_error``, or a stored upload.
 - ``is_error``: a tool result with ``is_error`` set.
 - ``protocol_error``: a JSON-RPC error; ``error_code`` holds its code.
 - ``timeout``: the server did not answer within its ``timeout_seconds``.
 - ``cancelled``: the client cancelled the call or disconnected.
+- ``rejected``: an upload with an invalid file name or over
+  ``max_upload_bytes``, and ``error_code`` is the HTTP status.
 
 Entries are queued and written by a background task, so the call path only
 pays for building the entry. When the queue is full, entries are dropped
@@ -34,6 +38,7 @@ from mcp.server import ServerRequestContext
 from mlhub_mcp.catalog import Catalog, open_catalog
 from mlhub_mcp.config import Settings
 from mlhub_mcp.errors import BackendUnavailable
+from mlhub_mcp.http_security import client_address
 from mlhub_mcp.ids import new_id, utc_now
 from mlhub_mcp.scrub import scrub_text
 
@@ -57,6 +62,8 @@ class Caller:
     client_version: str | None = None
     # The hub tool (a workflow) that made this call, for calls made by hub tools.
     via: str | None = None
+    # The HTTP client's host:port, or None over stdio and in process.
+    client_address: str | None = None
 
 
 current_caller: ContextVar[Caller | None] = ContextVar("mlhub_hub_caller", default=None)
@@ -74,7 +81,14 @@ def caller_from_context(ctx: ServerRequestContext[Any]) -> Caller:
         message_id=None if ctx.request_id is None else str(ctx.request_id),
         client_name=info.name if info else None,
         client_version=info.version if info else None,
+        client_address=_client_address(ctx.request),
     )
+
+
+def _client_address(request: Any) -> str | None:
+    # The SDK sets this to the Starlette request over HTTP and SSE, else to None.
+    scope = getattr(request, "scope", None)
+    return client_address(scope) if scope is not None else None
 
 
 def digest(payload: Any) -> tuple[int, str]:
@@ -87,8 +101,15 @@ def digest(payload: Any) -> tuple[int, str]:
 class CallRecord:
     """An audit entry being filled in while its call runs."""
 
-    def __init__(self, message_type: str, operation: str, server: str, payload: Any) -> None:
-        caller = current_caller.get() or Caller()
+    def __init__(
+        self,
+        message_type: str,
+        operation: str,
+        server: str,
+        payload: Any,
+        caller: Caller | None = None,
+    ) -> None:
+        caller = caller or current_caller.get() or Caller()
         size, sha256 = digest(payload)
         self.started = time.perf_counter()
         self.doc: dict[str, Any] = {
@@ -99,11 +120,13 @@ class CallRecord:
             "sender_name": caller.client_name,
             "sender_version": caller.client_version,
             "via": caller.via,
+            "client_address": caller.client_address,
             "server": server,
             "message_type": message_type,
             "operation": scrub_text(operation),
             "payload_bytes": size,
             "payload_sha256": sha256,
+            "file_name": None,
             "duration_ms": None,
             "outcome": "ok",
             "error_code": None,
@@ -117,6 +140,12 @@ class CallRecord:
         if isinstance(result, types.CallToolResult) and result.is_error:
             text = " ".join(getattr(c, "text", "") for c in result.content)
             self.set_outcome("is_error", error=text)
+
+    def set_upload(self, file_name: str, size: int, sha256: str | None) -> None:
+        """Record an uploaded file in place of the arguments, with no ``sha256`` if incomplete."""
+        self.doc["file_name"] = scrub_text(file_name)
+        self.doc["payload_bytes"] = size
+        self.doc["payload_sha256"] = sha256
 
     def set_outcome(self, outcome: str, code: int | None = None, error: str | None = None) -> None:
         self.doc["outcome"] = outcome
@@ -143,14 +172,20 @@ class AuditLog:
 
     @contextmanager
     def track(
-        self, message_type: str, operation: str, server: str, payload: Any
+        self,
+        message_type: str,
+        operation: str,
+        server: str,
+        payload: Any,
+        caller: Caller | None = None,
     ) -> Iterator[CallRecord]:
         """Record the call run inside the block, with its outcome and duration.
 
-        A timeout or an unavailable server is reported by the caller through
+        ``caller`` defaults to the request in `current_caller`. A timeout or an
+        unavailable server is reported by the caller through
         `CallRecord.set_outcome`; exceptions are classified here.
         """
-        record = CallRecord(message_type, operation, server, payload)
+        record = CallRecord(message_type, operation, server, payload, caller)
         try:
             yield record
         except MCPError as exc:

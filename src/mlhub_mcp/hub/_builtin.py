@@ -14,7 +14,7 @@ STATUS_TOOL = "hub_status"
 STATUS_URI = "hub://status"
 AUDIT_TOOL = "get_audit_log"
 AUDIT_URI = "hub://audit"
-OUTCOMES = ("ok", "is_error", "protocol_error", "timeout", "cancelled")
+OUTCOMES = ("ok", "is_error", "protocol_error", "timeout", "cancelled", "rejected")
 MAX_AUDIT_PAGE = 500
 _AUDIT_RESOURCE_ENTRIES = 50
 

@@ -20,7 +20,7 @@ import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -48,9 +48,12 @@ from mlhub_mcp.http_security import (
     HttpGuard,
     JsonRpcBodyLimit,
     check_bind,
+    client_address,
     resolve_token,
     transport_security,
 )
+from mlhub_mcp.hub._audit import AuditLog, Caller, CallRecord
+from mlhub_mcp.hub._hub import HUB_SERVER_NAME
 from mlhub_mcp.hub.server import HubServer
 from mlhub_mcp.ids import new_id
 from mlhub_mcp.paths import check_file_name
@@ -107,7 +110,8 @@ def build_hub_app(
         return JSONResponse(server.hub.health())
 
     async def upload(request: Request) -> Response:
-        return await receive_upload(request, settings)
+        audit = server.hub.audit if server.hub is not None else None
+        return await receive_upload(request, settings, audit)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -222,22 +226,39 @@ def _session_key(value: str) -> str | None:
         return None
 
 
-async def receive_upload(request: Request, settings: Settings) -> Response:
+async def receive_upload(
+    request: Request, settings: Settings, audit: AuditLog | None = None
+) -> Response:
     """Stream a request body to a new file under ``imports/uploads/`` and return its path.
 
     The body is written chunk by chunk as it arrives and never held whole in
     memory. A body over ``max_upload_bytes`` is rejected with 413 and the
-    partial file removed.
+    partial file removed. Each upload, stored or not, is recorded in ``audit``
+    with operation ``upload``.
     """
+    caller = Caller(client_address=client_address(request.scope))
+    entry = (f"{request.method} /uploads", "upload", HUB_SERVER_NAME, None, caller)
+    if audit is None:
+        tracking: Any = nullcontext(CallRecord(*entry))
+    else:
+        tracking = audit.track(*entry)
+
+    with tracking as record:
+        record.set_upload(request.path_params["file_name"], 0, None)
+        return await _store_upload(request, settings, record)
+
+
+async def _store_upload(request: Request, settings: Settings, record: CallRecord) -> Response:
     try:
         file_name = check_file_name(request.path_params["file_name"])
     except InvalidInput as exc:
+        record.set_outcome("rejected", 400, str(exc))
         return _error(400, "invalid_file_name", str(exc))
 
     limit = settings.http.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        return _too_large(limit)
+        return _too_large(request, record, limit)
 
     folder = uploads_dir(settings) / new_id()
     await anyio.Path(folder).mkdir(parents=True)
@@ -246,25 +267,30 @@ async def receive_upload(request: Request, settings: Settings) -> Response:
 
     try:
         size, sha256 = await _write_body(request, partial, limit)
-    except _TooLarge:
+    except _TooLarge as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        return _too_large(limit)
+        record.set_upload(file_name, exc.size, None)
+        return _too_large(request, record, limit)
     except ClientDisconnect:
         shutil.rmtree(folder, ignore_errors=True)
         logger.warning("upload of %s cancelled: the client disconnected", file_name)
+        record.set_outcome("cancelled", error="the client disconnected during the upload")
         return Response(status_code=400)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
 
     await anyio.Path(partial).rename(target)
+    record.set_upload(file_name, size, sha256)
     logger.info("received upload %s: %d bytes", target, size)
     body = {"path": str(target), "file_name": file_name, "size_bytes": size, "sha256": sha256}
     return JSONResponse(body, status_code=201)
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes received")
+        self.size = size
 
 
 async def _write_body(request: Request, partial: Path, limit: int) -> tuple[int, str]:
@@ -276,19 +302,25 @@ async def _write_body(request: Request, partial: Path, limit: int) -> tuple[int,
                 continue
             size += len(chunk)
             if size > limit:
-                raise _TooLarge
+                raise _TooLarge(size)
             digest.update(chunk)
             await handle.write(chunk)
 
     return size, digest.hexdigest()
 
 
-def _too_large(limit: int) -> Response:
-    return _error(
-        413,
-        "upload_too_large",
-        f"the upload is larger than max_upload_bytes = {limit} in [http] of hub_config.toml",
+def _too_large(request: Request, record: CallRecord, limit: int) -> Response:
+    description = (
+        f"the upload is larger than max_upload_bytes = {limit} in [http] of hub_config.toml"
     )
+    logger.warning(
+        "rejected a request for %s from %s: %s",
+        request.url.path,
+        client_address(request.scope),
+        description,
+    )
+    record.set_outcome("rejected", 413, description)
+    return _error(413, "upload_too_large", description)
 
 
 def _error(status: int, error: str, description: str) -> Response:
