@@ -152,6 +152,7 @@ def build_server_app(
     from mlhub_mcp.http_security import (
         SERVER_TOKEN_ENV,
         HttpGuard,
+        JsonRpcBodyLimit,
         check_bind,
         resolve_token,
         transport_security,
@@ -181,7 +182,10 @@ def build_server_app(
     else:
         raise ValueError(f"unknown transport {transport!r}; use stdio, http or sse")
 
-    return HttpGuard(app, security, token)
+    # A JSON-RPC error in place of the SDK's plain-text 413, so that MCP
+    # clients can show why the request was rejected.
+    hint = "For a large file, pass a path inside an import directory instead of inline content."
+    return HttpGuard(JsonRpcBodyLimit(app, limit, hint), security, token)
 
 
 async def _health(request: Request) -> Response:
