@@ -9,7 +9,7 @@ from typing import Any
 from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import INVALID_PARAMS
+from mcp.types import INVALID_PARAMS, ToolAnnotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -19,6 +19,13 @@ from mlhub_mcp.platform import Platform, open_platform
 from mlhub_mcp.scrub import install_log_scrubbing, scrub_text
 
 logger = logging.getLogger(__name__)
+
+# Tool annotations shared by the servers' tools.
+READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+DESTRUCTIVE = ToolAnnotations(
+    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+)
 
 
 def configure_logging(level: str = "INFO") -> None:

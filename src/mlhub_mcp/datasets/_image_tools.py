@@ -5,15 +5,13 @@ from typing import Annotated
 
 import anyio.to_thread
 from mcp.server.mcpserver import Context, Image, MCPServer
-from mcp.types import TextContent, ToolAnnotations
+from mcp.types import TextContent
 from pydantic import Field
 
 from mlhub_mcp.datasets import _images
 from mlhub_mcp.datasets._registry import DatasetRegistry
 from mlhub_mcp.errors import InvalidInput
-from mlhub_mcp.server_base import state_of
-
-READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+from mlhub_mcp.server_base import READ_ONLY, state_of
 
 
 async def preview_images(

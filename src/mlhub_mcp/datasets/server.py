@@ -6,22 +6,22 @@ from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
-from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mlhub_mcp.config import Settings
 from mlhub_mcp.datasets._image_tools import register_image_tools
 from mlhub_mcp.datasets._registry import DatasetRegistry
 from mlhub_mcp.errors import NotFound
-from mlhub_mcp.server_base import PlatformServer, platform_lifespan, state_of
+from mlhub_mcp.server_base import (
+    DESTRUCTIVE,
+    READ_ONLY,
+    WRITE,
+    PlatformServer,
+    platform_lifespan,
+    state_of,
+)
 
 DatasetFormat = Literal["csv", "tsv", "jsonl", "parquet", "npz", "image_archive"]
-
-READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
-WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
-DESTRUCTIVE = ToolAnnotations(
-    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-)
 
 
 class ColumnInfo(BaseModel):

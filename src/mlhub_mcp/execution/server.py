@@ -17,18 +17,20 @@ from mlhub_mcp.errors import NotFound
 from mlhub_mcp.execution._groq_tools import register_llm_tools
 from mlhub_mcp.execution._service import ExecutionService
 from mlhub_mcp.platform import Platform
-from mlhub_mcp.server_base import PlatformServer, platform_lifespan, state_of
+from mlhub_mcp.server_base import (
+    DESTRUCTIVE,
+    READ_ONLY,
+    WRITE,
+    PlatformServer,
+    platform_lifespan,
+    state_of,
+)
 
 Environment = Literal["production", "staging", "development"]
 Engine = Literal["local", "spark", "groq"]
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
-READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
-WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
 RUN = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True)
-DESTRUCTIVE = ToolAnnotations(
-    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-)
 
 
 class DeploymentInfo(BaseModel):

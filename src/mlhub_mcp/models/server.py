@@ -6,22 +6,22 @@ from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
-from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mlhub_mcp.config import Settings
 from mlhub_mcp.errors import NotFound
 from mlhub_mcp.models._registry import ModelRegistry
-from mlhub_mcp.server_base import PlatformServer, platform_lifespan, state_of
+from mlhub_mcp.server_base import (
+    DESTRUCTIVE,
+    READ_ONLY,
+    WRITE,
+    PlatformServer,
+    platform_lifespan,
+    state_of,
+)
 
 TaskType = Literal["classification", "regression", "text-generation", "other"]
 ModelFormat = Literal["onnx", "pickle", "joblib", "torchscript", "torch_export"]
-
-READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
-WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
-DESTRUCTIVE = ToolAnnotations(
-    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-)
 
 
 class ModelInfo(BaseModel):
