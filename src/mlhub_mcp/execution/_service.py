@@ -49,6 +49,44 @@ async def _no_progress(progress: float, total: float | None, message: str | None
     return None
 
 
+def new_execution_doc(
+    deployment: dict[str, Any],
+    model: dict[str, Any],
+    dataset: dict[str, Any],
+    parameters: dict[str, Any],
+    engine: str,
+    status: str = "queued",
+) -> dict[str, Any]:
+    """Build the catalog entry of a new execution, with every field it will carry."""
+    now = utc_now()
+    return {
+        "id": new_id(),
+        "status": status,
+        "engine": engine,
+        "deployment_id": deployment["id"],
+        "deployment_name": deployment["name"],
+        "model_id": model["id"],
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "task_type": model["task_type"],
+        "dataset_id": dataset["id"],
+        "dataset_name": dataset["name"],
+        "dataset_sha256": dataset["sha256"],
+        "parameters": parameters,
+        "rows_total": dataset["row_count"],
+        "rows_processed": 0,
+        "created_at": now,
+        "started_at": now if status == "running" else None,
+        "finished_at": None,
+        "duration_seconds": None,
+        "error": None,
+        "metrics": None,
+        "predictions_key": None,
+        "plot_key": None,
+        "cancel_requested": False,
+    }
+
+
 class ExecutionService:
     """Creates deployments and runs executions in this server process."""
 
@@ -301,33 +339,8 @@ class ExecutionService:
                 features = []
             parameters["feature_columns"] = features
 
-        doc = {
-            "id": new_id(),
-            "status": "queued",
-            "engine": run_engine,
-            "deployment_id": deployment["id"],
-            "deployment_name": deployment["name"],
-            "model_id": model["id"],
-            "model_name": model["name"],
-            "model_version": model["version"],
-            "task_type": model["task_type"],
-            "dataset_id": dataset["id"],
-            "dataset_name": dataset["name"],
-            "dataset_sha256": dataset["sha256"],
-            "parameters": parameters,
-            "rows_total": dataset["row_count"],
-            "rows_processed": 0,
-            "created_at": utc_now(),
-            "started_at": None,
-            "finished_at": None,
-            "duration_seconds": None,
-            "error": None,
-            "metrics": None,
-            "predictions_key": None,
-            "plot_key": None,
-            "cancel_requested": False,
-            "owner": self._owner,
-        }
+        doc = new_execution_doc(deployment, model, dataset, parameters, run_engine)
+        doc["owner"] = self._owner
         await self.catalog.insert("executions", doc)
         return doc
 

@@ -17,6 +17,7 @@ Spark tasks when Spark is configured is not implemented.
 
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -31,6 +32,7 @@ import anyio.to_thread
 import mcp.types as types
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlhub_mcp.execution._service import new_execution_doc
 from mlhub_mcp.hub._local_tools import LocalTool, ProgressFn
 from mlhub_mcp.hub.workflows import _shard_worker as worker
 from mlhub_mcp.hub.workflows._base import (
@@ -46,7 +48,7 @@ from mlhub_mcp.hub.workflows._checks import (
     failure_text,
     select_features,
 )
-from mlhub_mcp.ids import new_id, utc_now
+from mlhub_mcp.ids import utc_now
 from mlhub_mcp.models._formats import load_predictor
 from mlhub_mcp.platform import Platform, open_platform
 
@@ -206,33 +208,13 @@ async def _load_inputs(platform: Platform, params: ShardedInput) -> Inputs:
 
 
 def _execution_doc(inputs: Inputs, parameters: dict[str, Any]) -> dict[str, Any]:
-    now = utc_now()
-    return {
-        "id": new_id(),
-        "status": "running",
-        "engine": ENGINE,
-        "deployment_id": inputs.deployment["id"],
-        "deployment_name": inputs.deployment["name"],
-        "model_id": inputs.model["id"],
-        "model_name": inputs.model["name"],
-        "model_version": inputs.model["version"],
-        "task_type": inputs.model["task_type"],
-        "dataset_id": inputs.dataset["id"],
-        "dataset_name": inputs.dataset["name"],
-        "dataset_sha256": inputs.dataset["sha256"],
-        "parameters": parameters,
-        "rows_total": inputs.dataset["row_count"],
-        "rows_processed": 0,
-        "created_at": now,
-        "started_at": now,
-        "finished_at": None,
-        "duration_seconds": None,
-        "error": None,
-        "metrics": None,
-        "predictions_key": None,
-        "plot_key": None,
-        "cancel_requested": False,
-    }
+    doc = new_execution_doc(
+        inputs.deployment, inputs.model, inputs.dataset, parameters, ENGINE, status="running"
+    )
+    # The hub process runs the shards, so an execution server marks the
+    # execution failed if the hub dies before it finishes.
+    doc["owner"] = {"host": socket.gethostname(), "pid": os.getpid(), "instance": "hub"}
+    return doc
 
 
 class ShardedRun:
