@@ -6,13 +6,13 @@ Usage: python benchmarks/bench_catalog.py [--quick] [--models N] [--calls N]
 The script fills a catalog with N model versions (default 100,000): one
 model, ``many-versions``, has N/100 versions and every other name has one.
 One entry in a hundred is a regression model and none is a PyTorch one, so
-the filters on those unindexed fields scan differently. It then times the
+the filters on those fields select few or no entries. It then times the
 registry methods behind the model server's tools, and three tool calls
 through an in-process ``mcp.Client``. Each case gets warm-up calls and then
 up to ``--calls`` timed calls, fewer when a case takes over 15 s, but at
 least 5.
 
-Backends: ``embedded`` is the SQLite catalog; ``mongodb`` is the MongoDB
+Backends: ``embedded`` is the SQLite catalog. ``mongodb`` is the MongoDB
 catalog talking to nx-27017, a MongoDB wire-protocol server written in Python
 on top of SQLite, started on a free port of 127.0.0.1 and stopped by its
 process id afterwards. Figures for ``mongodb`` therefore describe nx-27017,
@@ -190,11 +190,11 @@ async def measure_backend(
                 lambda: registry.list_page(name=MANY),
             ),
             (
-                "list task_type filter (1 in 100, unindexed)",
+                "list task_type filter (1 in 100)",
                 lambda: registry.list_page(task_type="regression"),
             ),
             (
-                "list framework filter (no match, unindexed)",
+                "list framework filter (no match)",
                 lambda: registry.list_page(framework="pytorch"),
             ),
             ("tool list_models first page (in-process MCP)", lambda: tool("list_models", {})),

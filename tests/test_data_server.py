@@ -193,16 +193,16 @@ async def test_dataset_in_use_cannot_be_deleted(
     before = await snapshot(settings)
 
     async with Client(create_data_server(settings)) as client:
-        refused = await client.call_tool("delete_dataset", {"name": "digits"})
-    after_refusal = await snapshot(settings)
+        rejected = await client.call_tool("delete_dataset", {"name": "digits"})
+    after_rejection = await snapshot(settings)
     async with open_platform(settings) as platform:
         await platform.catalog.update("executions", execution_id, {"status": "succeeded"})
     async with Client(create_data_server(settings)) as client:
         deleted = await client.call_tool("delete_dataset", {"name": "digits"})
 
-    assert refused.is_error
-    assert f"used by execution {execution_id}, which is {status}" in _text(refused)
-    assert after_refusal == before
+    assert rejected.is_error
+    assert f"used by execution {execution_id}, which is {status}" in _text(rejected)
+    assert after_rejection == before
     assert not deleted.is_error, _text(deleted)
     assert (await snapshot(settings))["counts"]["datasets"] == 0
 

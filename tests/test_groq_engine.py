@@ -42,7 +42,7 @@ TEMPLATE = "Review: {text}\nAnswer positive or negative."
 SYSTEM_PROMPT = "You label product reviews."
 
 # The stub labels a review positive when it contains "love" or "great", so
-# "not great at all" (labelled negative) is the one wrong answer.
+# "not great at all" (labelled negative) is the one wrong output.
 REVIEWS = [
     ("I love this phone", "positive"),
     ("great battery life", "positive"),

@@ -46,7 +46,7 @@ ARTIFACTS_KEYS = (
 
 @dataclass
 class ServerSettings:
-    """How the hub reaches one downstream server."""
+    """Connection settings of one downstream server of the hub."""
 
     name: str
     prefix: str = ""

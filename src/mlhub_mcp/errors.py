@@ -13,7 +13,7 @@ the message, instead of the SDK's generic crash text::
     │   ├── UntrustedModelFile  a pickle or joblib file not marked as trusted
     │   ├── InvalidDatasetFile  a dataset file that cannot be parsed
     │   └── SchemaMismatch      a dataset that does not fit a model
-    ├── Conflict                the catalog already holds the entry, or its state changed
+    ├── Conflict                the catalog already contains the entry, or its state changed
     ├── BackendUnavailable      the catalog or artifact backend cannot be reached
     └── ExecutionFailed         a run stopped on an error
 """
@@ -66,7 +66,7 @@ class SchemaMismatch(InvalidInput):
 
 
 class Conflict(MLHubError):
-    """The catalog already holds the entry, or its state changed meanwhile."""
+    """The catalog already contains the entry, or its state changed meanwhile."""
 
 
 class BackendUnavailable(MLHubError):

@@ -58,7 +58,7 @@ def sha256_file(path: Path) -> str:
 
 
 class ArtifactStore(abc.ABC):
-    """Where model files, datasets and results are kept."""
+    """Storage of model files, datasets and results."""
 
     @abc.abstractmethod
     async def put_file(self, path: Path) -> StoredObject:

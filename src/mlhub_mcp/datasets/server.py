@@ -133,8 +133,8 @@ async def register_dataset(
 ) -> DatasetInfo:
     """Register a dataset from a CSV, TSV, JSON Lines or Parquet file.
 
-    The whole file is parsed in batches before anything is stored; a malformed
-    file is rejected with the line or column at fault and changes nothing.
+    The whole file is parsed in batches before anything is stored. A malformed
+    file is rejected with the line or column at fault, and nothing changes.
     """
     doc = await _registry(ctx).register(
         name=name,
@@ -233,7 +233,7 @@ async def dataset_metadata(name: str, ctx: Context) -> str:
 
 
 async def dataset_preview(name: str, ctx: Context) -> str:
-    """The first 20 rows of a dataset, as JSON."""
+    """Read the first 20 rows of a dataset as JSON."""
     doc = await _resource_doc(ctx, name)
     if doc.get("kind", "table") != "table":
         raise ResourceNotFoundError(

@@ -22,7 +22,7 @@ _ROW_GROUP_ROWS = 65_536
 
 @dataclass
 class RunSpec:
-    """What one execution reads, how, and where it writes."""
+    """Input, batching and output of one execution."""
 
     dataset_path: Path
     feature_columns: list[str]

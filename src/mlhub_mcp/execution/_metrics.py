@@ -26,8 +26,8 @@ def _aligned(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.nda
     return y_true, y_pred
 
 
-# Largest number of classes for which the confusion matrix is stored, and
-# for which it is drawn; past them the matrix is too large to read or to send.
+# Maximum number of classes for which the confusion matrix is stored, and for
+# which it is drawn. Past them the matrix is too large to read or to send.
 MAX_MATRIX_CLASSES = 100
 MAX_PLOT_CLASSES = 50
 
@@ -36,7 +36,7 @@ class LabelTally:
     """Counts of (label, prediction) pairs gathered batch by batch.
 
     Classification metrics depend only on these counts, so a run keeps memory
-    per pair of classes rather than per row; scikit-learn then scores the
+    per pair of classes rather than per row. scikit-learn then scores the
     distinct pairs weighted by their counts.
     """
 

@@ -9,7 +9,7 @@ and the size and SHA-256 of the file. Outcomes:
 
 - ``ok``: a result without ``is_error``, or a stored upload.
 - ``is_error``: a tool result with ``is_error`` set.
-- ``protocol_error``: a JSON-RPC error; ``error_code`` holds its code.
+- ``protocol_error``: a JSON-RPC error; ``error_code`` is its code.
 - ``timeout``: the server did not answer within its ``timeout_seconds``.
 - ``cancelled``: the client cancelled the call or disconnected.
 - ``rejected``: an upload with an invalid file name or over

@@ -211,7 +211,7 @@ class Hub:
 
     def _unknown_tool_message(self, name: str) -> str:
         # A server that is restarting has left the routes, but its last
-        # listing still tells which tools it serves.
+        # listing still shows which tools it serves.
         for server in self.downstreams:
             if server.state is ServerState.READY:
                 continue
